@@ -1,0 +1,232 @@
+// Autograd for the vaecuda ops, in C++ (the Autograd dispatch key), so a call costs one dispatcher
+// hop and no Python: measured against torch.library.register_autograd in benchmarks/binding_path.py.
+// torch.compile and opcheck still work: the forward and backward are ops with fake kernels
+// (vaecuda/_registrations.py), which AOTAutograd traces through this code.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace vaecuda {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using Tensor = at::Tensor;
+using OptTensor = std::optional<at::Tensor>;
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+OptTensor opt(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+Tensor maybe(bool wanted, const Tensor& t) { return wanted ? t : Tensor(); }
+
+// The backward ops compute first derivatives only. Called with create_graph=True, their outputs get
+// a grad_fn that raises when (and only when) a second derivative is actually asked for.
+struct NoDoubleBackward : torch::autograd::Function<NoDoubleBackward> {
+  template <typename Compute>
+  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, const char* name, Compute c) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["op"] = std::string(name);
+    return c();
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list) {
+    TORCH_CHECK(false, "vaecuda: the second derivative of ", ctx->saved_data["op"].toStringRef(),
+                " is not implemented (its backward ran with create_graph=True and was differentiated again)");
+  }
+};
+
+template <typename Compute>
+variable_list first_derivatives(const char* name, const variable_list& inputs, Compute compute) {
+  bool record = at::GradMode::is_enabled();
+  if (record) {
+    record = false;
+    for (const auto& t : inputs) record = record || (t.defined() && t.requires_grad());
+  }
+  if (!record) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return compute();
+  }
+  return NoDoubleBackward::apply(at::TensorList(inputs), name, compute);
+}
+
+// ---------------------------------------------------------------------------------------------------
+using KLSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, bool);
+using KLBwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                            const OptTensor&, const OptTensor&, bool,
+                                                            std::array<bool, 4>);
+
+struct GaussianKL : torch::autograd::Function<GaussianKL> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar, const OptTensor& prior_mu,
+                        const OptTensor& prior_logvar, bool elementwise) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto kl = op<KLSig>("vaecuda::gaussian_kl");
+    ctx->save_for_backward({mu, logvar, prior_mu.value_or(Tensor()), prior_logvar.value_or(Tensor())});
+    ctx->saved_data["elementwise"] = elementwise;
+    return kl.call(mu, logvar, prior_mu, prior_logvar, elementwise);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto bwd = op<KLBwdSig>("vaecuda::gaussian_kl_backward");
+    const variable_list s = ctx->get_saved_variables();
+    const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      s[2].defined() && ctx->needs_input_grad(2),
+                                      s[3].defined() && ctx->needs_input_grad(3)};
+    const bool elementwise = ctx->saved_data["elementwise"].toBool();
+    auto [dmu, dlv, dpm, dpl] = bwd.call(grads[0], s[0], s[1], opt(s[2]), opt(s[3]), elementwise, mask);
+    return {maybe(mask[0], dmu), maybe(mask[1], dlv), maybe(mask[2], dpm), maybe(mask[3], dpl), Tensor()};
+  }
+};
+
+Tensor gaussian_kl_autograd(const Tensor& mu, const Tensor& logvar, const OptTensor& prior_mu,
+                            const OptTensor& prior_logvar, bool elementwise) {
+  return GaussianKL::apply(mu, logvar, prior_mu, prior_logvar, elementwise);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_kl_backward_autograd(
+    const Tensor& grad, const Tensor& mu, const Tensor& logvar, const OptTensor& prior_mu,
+    const OptTensor& prior_logvar, bool elementwise, std::array<bool, 4> mask) {
+  static auto bwd = op<KLBwdSig>("vaecuda::gaussian_kl_backward");
+  auto r = first_derivatives("gaussian_kl", {grad, mu, logvar, prior_mu.value_or(Tensor()),
+                                             prior_logvar.value_or(Tensor())}, [&]() -> variable_list {
+    auto [a, b, c, d] = bwd.call(grad, mu, logvar, prior_mu, prior_logvar, elementwise, mask);
+    return {a, b, c, d};
+  });
+  return {r[0], r[1], r[2], r[3]};
+}
+
+// ---------------------------------------------------------------------------------------------------
+using ReparamSig = Tensor(const Tensor&, const Tensor&, const Tensor&, std::optional<int64_t>);
+using ReparamKLSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                std::optional<int64_t>);
+using ReparamBwdSig = std::tuple<Tensor, Tensor>(const OptTensor&, const OptTensor&, const Tensor&, const Tensor&,
+                                                 const Tensor&, std::optional<int64_t>, std::array<bool, 2>);
+
+// Saves only mu, logvar and the two-element rng_state: the backward regenerates eps.
+template <bool WithKL>
+struct Reparameterize : torch::autograd::Function<Reparameterize<WithKL>> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar,
+                               const Tensor& rng_state, std::optional<int64_t> n_samples) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({mu, logvar, rng_state});
+    ctx->saved_data["n_samples"] = n_samples ? c10::IValue(*n_samples) : c10::IValue();
+    ctx->set_materialize_grads(false);
+    if constexpr (WithKL) {
+      static auto f = op<ReparamKLSig>("vaecuda::reparameterize_with_kl");
+      auto [z, kl] = f.call(mu, logvar, rng_state, n_samples);
+      return {z, kl};
+    } else {
+      static auto f = op<ReparamSig>("vaecuda::reparameterize");
+      return {f.call(mu, logvar, rng_state, n_samples)};
+    }
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto bwd = op<ReparamBwdSig>("vaecuda::reparameterize_backward");
+    const variable_list s = ctx->get_saved_variables();
+    const c10::IValue& ns = ctx->saved_data["n_samples"];
+    const std::optional<int64_t> n_samples = ns.isNone() ? std::nullopt : std::optional<int64_t>(ns.toInt());
+    const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    const OptTensor gkl = WithKL ? opt(grads[1]) : std::nullopt;
+    if (!grads[0].defined() && !gkl) return {Tensor(), Tensor(), Tensor(), Tensor()};
+    auto [dmu, dlv] = bwd.call(opt(grads[0]), gkl, s[0], s[1], s[2], n_samples, mask);
+    return {maybe(mask[0], dmu), maybe(mask[1], dlv), Tensor(), Tensor()};
+  }
+};
+
+Tensor reparameterize_autograd(const Tensor& mu, const Tensor& logvar, const Tensor& rng_state,
+                               std::optional<int64_t> n_samples) {
+  return Reparameterize<false>::apply(mu, logvar, rng_state, n_samples)[0];
+}
+
+std::tuple<Tensor, Tensor> reparameterize_with_kl_autograd(const Tensor& mu, const Tensor& logvar,
+                                                           const Tensor& rng_state,
+                                                           std::optional<int64_t> n_samples) {
+  auto r = Reparameterize<true>::apply(mu, logvar, rng_state, n_samples);
+  return {r[0], r[1]};
+}
+
+std::tuple<Tensor, Tensor> reparameterize_backward_autograd(const OptTensor& grad_z, const OptTensor& grad_kl,
+                                                            const Tensor& mu, const Tensor& logvar,
+                                                            const Tensor& rng_state,
+                                                            std::optional<int64_t> n_samples,
+                                                            std::array<bool, 2> mask) {
+  static auto bwd = op<ReparamBwdSig>("vaecuda::reparameterize_backward");
+  auto r = first_derivatives("reparameterize",
+                             {grad_z.value_or(Tensor()), grad_kl.value_or(Tensor()), mu, logvar},
+                             [&]() -> variable_list {
+                               auto [a, b] = bwd.call(grad_z, grad_kl, mu, logvar, rng_state, n_samples, mask);
+                               return {a, b};
+                             });
+  return {r[0], r[1]};
+}
+
+// ---------------------------------------------------------------------------------------------------
+using BernSig = Tensor(const Tensor&, const Tensor&, int64_t);
+using BernBwdSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, int64_t,
+                                              std::array<bool, 2>);
+
+struct BernoulliLogProb : torch::autograd::Function<BernoulliLogProb> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& logits, const Tensor& target, int64_t event_dims) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto f = op<BernSig>("vaecuda::bernoulli_log_prob");
+    ctx->save_for_backward({logits, target});
+    ctx->saved_data["event_dims"] = event_dims;
+    return f.call(logits, target, event_dims);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto bwd = op<BernBwdSig>("vaecuda::bernoulli_log_prob_backward");
+    const variable_list s = ctx->get_saved_variables();
+    const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    auto [dl, dx] = bwd.call(grads[0], s[0], s[1], ctx->saved_data["event_dims"].toInt(), mask);
+    return {maybe(mask[0], dl), maybe(mask[1], dx), Tensor()};
+  }
+};
+
+Tensor bernoulli_log_prob_autograd(const Tensor& logits, const Tensor& target, int64_t event_dims) {
+  return BernoulliLogProb::apply(logits, target, event_dims);
+}
+
+std::tuple<Tensor, Tensor> bernoulli_log_prob_backward_autograd(const Tensor& grad, const Tensor& logits,
+                                                                const Tensor& target, int64_t event_dims,
+                                                                std::array<bool, 2> mask) {
+  static auto bwd = op<BernBwdSig>("vaecuda::bernoulli_log_prob_backward");
+  auto r = first_derivatives("bernoulli_log_prob", {grad, logits, target}, [&]() -> variable_list {
+    auto [a, b] = bwd.call(grad, logits, target, event_dims, mask);
+    return {a, b};
+  });
+  return {r[0], r[1]};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// _scale: alpha * x, the cheapest op through this same binding path (Python wrapper, dispatcher,
+// C++ autograd, one kernel each way); the benchmarks use it as the floor for per-call overhead.
+struct Scale : torch::autograd::Function<Scale> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, double alpha) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto f = op<Tensor(const Tensor&, double)>("vaecuda::_scale");
+    ctx->saved_data["alpha"] = alpha;
+    return f.call(x, alpha);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto f = op<Tensor(const Tensor&, double)>("vaecuda::_scale");
+    return {f.call(grads[0], ctx->saved_data["alpha"].toDouble()), Tensor()};
+  }
+};
+
+Tensor scale_autograd(const Tensor& x, double alpha) { return Scale::apply(x, alpha); }
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(vaecuda, Autograd, m) {
+  m.impl("gaussian_kl", &gaussian_kl_autograd);
+  m.impl("gaussian_kl_backward", &gaussian_kl_backward_autograd);
+  m.impl("reparameterize", &reparameterize_autograd);
+  m.impl("reparameterize_with_kl", &reparameterize_with_kl_autograd);
+  m.impl("reparameterize_backward", &reparameterize_backward_autograd);
+  m.impl("bernoulli_log_prob", &bernoulli_log_prob_autograd);
+  m.impl("bernoulli_log_prob_backward", &bernoulli_log_prob_backward_autograd);
+  m.impl("_scale", &scale_autograd);
+}
+
+}  // namespace vaecuda

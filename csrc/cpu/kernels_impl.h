@@ -1,0 +1,398 @@
+// CPU kernel bodies. Included once per instruction set by isa_*.cpp, inside a namespace named by
+// VAE_CPU_ISA, so each instruction set gets its own symbols.
+//
+// How they vectorize: work is done in blocks of kBlock elements of one row. A first loop computes each
+// element's term into a small stack buffer (a plain elementwise loop over contiguous memory, which GCC
+// vectorizes); a second loop adds the buffer into kLanes partial sums, lane j % kLanes for column j.
+// The summation order is therefore fixed by the column index alone: contiguous and strided inputs,
+// every instruction set and any thread split give the same bits.
+//
+// Requires, before inclusion: <cstdint>, <cstring>, <cmath>, kernels.h, and VAE_CPU_ISA defined.
+
+#include "../vae_math.h"
+
+namespace vaecuda {
+namespace cpu {
+namespace VAE_CPU_ISA {
+namespace {
+
+using namespace ::vaecuda::math;
+
+constexpr int64_t kBlock = 256;  // elements per block: a multiple of kLanes
+constexpr int kLanes = 16;
+
+// ---------------------------------------------------------------------------------------------------
+// Storage types and conversions.
+using f16 = _Float16;
+using bf16 = uint16_t;  // bfloat16 bits
+
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+inline float to_acc(float v) { return v; }
+inline double to_acc(double v) { return v; }
+inline float to_acc(f16 v) { return static_cast<float>(v); }
+inline float to_acc(bf16 v) { return bits_float(static_cast<int32_t>(static_cast<uint32_t>(v) << 16)); }
+inline float to_acc(uint8_t v) { return static_cast<float>(v); }
+
+template <typename T> inline T from_acc(typename Acc<T>::type v);
+template <> inline float from_acc<float>(float v) { return v; }
+template <> inline double from_acc<double>(double v) { return v; }
+template <> inline f16 from_acc<f16>(float v) { return static_cast<f16>(v); }
+template <> inline bf16 from_acc<bf16>(float v) {
+  // round to nearest even, NaN kept quiet (as c10::BFloat16 does)
+  const uint32_t u = static_cast<uint32_t>(float_bits(v));
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<bf16>(v != v ? 0x7FC0u : rounded);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Fixed-order partial sums.
+template <typename A>
+struct LaneSum {
+  A acc[kLanes];
+  LaneSum() {
+    for (int l = 0; l < kLanes; ++l) acc[l] = A(0);
+  }
+  // Adds tmp[0, n) for columns c0 .. c0 + n, with c0 a multiple of kLanes.
+  void add(const A* tmp, int64_t n) {
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes)
+      for (int l = 0; l < kLanes; ++l) acc[l] += tmp[j + l];
+    for (int l = 0; j + l < n; ++l) acc[l] += tmp[j + l];
+  }
+  A total() {
+    for (int w = kLanes / 2; w > 0; w /= 2)
+      for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+    return acc[0];
+  }
+};
+
+// Calls body(c0, n) for the blocks of one row.
+template <typename F>
+inline void for_each_block(int64_t cols, F&& body) {
+  for (int64_t c0 = 0; c0 < cols; c0 += kBlock) body(c0, cols - c0 < kBlock ? cols - c0 : kBlock);
+}
+
+// Element j of an operand whose row starts at p: stride 1 known at compile time when every operand
+// of the call is contiguous along its row (the vectorized path), else the operand's own stride.
+template <bool RowContig, typename T>
+inline auto at(const T* p, int64_t j, int64_t stride) -> decltype(to_acc(p[0])) {
+  return to_acc(p[RowContig ? j : j * stride]);
+}
+
+inline bool contiguous_rows(const RowView& v) { return v.col_stride == 1; }
+
+// ---------------------------------------------------------------------------------------------------
+// Standard normals of flat elements [first, first + count), count <= kBlock.
+void normals_block(uint64_t seed, uint64_t offset, int64_t first, int64_t count, float* out) {
+  constexpr int kGroups = kBlock / 4 + 2;
+  const uint64_t g0 = static_cast<uint64_t>(first) >> 2;
+  const int64_t ng = ((first + count + 3) >> 2) - static_cast<int64_t>(g0);
+  uint32_t wa[2 * kGroups], wb[2 * kGroups];
+  for (int64_t i = 0; i < ng; ++i) {
+    const U32x4 w = philox_group(seed, offset, g0 + static_cast<uint64_t>(i));
+    wa[2 * i] = w.x;
+    wb[2 * i] = w.y;
+    wa[2 * i + 1] = w.z;
+    wb[2 * i + 1] = w.w;
+  }
+  float tmp[4 * kGroups];
+  for (int64_t p = 0; p < 2 * ng; ++p) {
+    const F2 v = box_muller(wa[p], wb[p]);
+    tmp[2 * p] = v.a;
+    tmp[2 * p + 1] = v.b;
+  }
+  std::memcpy(out, tmp + (first & 3), static_cast<size_t>(count) * sizeof(float));
+}
+
+void normals(uint64_t seed, uint64_t offset, int64_t first, int64_t count, float* out) {
+  for (int64_t i = 0; i < count; i += kBlock)
+    normals_block(seed, offset, first + i, count - i < kBlock ? count - i : kBlock, out + i);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Gaussian KL.
+template <typename T, bool Prior, bool RowContig>
+void kl_rows(const KLArgs& a, int64_t r0, int64_t r1) {
+  using A = typename Acc<T>::type;
+  A tmp[kBlock];
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* mu = static_cast<const T*>(a.mu) + a.v_mu.row_offset(r);
+    const T* lv = static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r);
+    const T* pm = Prior ? static_cast<const T*>(a.prior_mu) + a.v_prior_mu.row_offset(r) : nullptr;
+    const T* pl = Prior ? static_cast<const T*>(a.prior_logvar) + a.v_prior_logvar.row_offset(r) : nullptr;
+    A* out = static_cast<A*>(a.out);
+    LaneSum<A> sum;
+    for_each_block(a.cols, [&](int64_t c0, int64_t n) {
+      for (int64_t j = c0; j < c0 + n; ++j) {
+        const A m = at<RowContig>(mu, j, a.v_mu.col_stride);
+        const A l = at<RowContig>(lv, j, a.v_logvar.col_stride);
+        tmp[j - c0] = Prior ? kl_normal(m, l, at<RowContig>(pm, j, a.v_prior_mu.col_stride),
+                                        at<RowContig>(pl, j, a.v_prior_logvar.col_stride))
+                            : kl_std_normal(m, l);
+      }
+      if (a.elementwise)
+        std::memcpy(out + r * a.cols + c0, tmp, static_cast<size_t>(n) * sizeof(A));
+      else
+        sum.add(tmp, n);
+    });
+    if (!a.elementwise) out[r] = sum.total();
+  }
+}
+
+template <typename T, bool Prior, bool RowContig, bool GradPerElement>
+void kl_backward_rows(const KLBackwardArgs& b, int64_t r0, int64_t r1) {
+  using A = typename Acc<T>::type;
+  const KLArgs& a = b.in;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* mu = static_cast<const T*>(a.mu) + a.v_mu.row_offset(r);
+    const T* lv = static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r);
+    const T* pm = Prior ? static_cast<const T*>(a.prior_mu) + a.v_prior_mu.row_offset(r) : nullptr;
+    const T* pl = Prior ? static_cast<const T*>(a.prior_logvar) + a.v_prior_logvar.row_offset(r) : nullptr;
+    const A* g = static_cast<const A*>(b.grad) + b.v_grad.row_offset(r);
+    const int64_t o = r * a.cols;
+    T* dmu = static_cast<T*>(b.d_mu);
+    T* dlv = static_cast<T*>(b.d_logvar);
+    T* dpm = static_cast<T*>(b.d_prior_mu);
+    T* dpl = static_cast<T*>(b.d_prior_logvar);
+    for (int64_t j = 0; j < a.cols; ++j) {
+      const A gj = GradPerElement ? at<RowContig>(g, j, b.v_grad.col_stride) : g[0];
+      const A m = at<RowContig>(mu, j, a.v_mu.col_stride);
+      const A l = at<RowContig>(lv, j, a.v_logvar.col_stride);
+      A gm, gl, gpm = A(0), gpl = A(0);
+      if (Prior)
+        kl_normal_grad(m, l, at<RowContig>(pm, j, a.v_prior_mu.col_stride),
+                       at<RowContig>(pl, j, a.v_prior_logvar.col_stride), gj, gm, gl, gpm, gpl);
+      else
+        kl_std_normal_grad(m, l, gj, gm, gl);
+      if (dmu) dmu[o + j] = from_acc<T>(gm);
+      if (dlv) dlv[o + j] = from_acc<T>(gl);
+      if (Prior && dpm) dpm[o + j] = from_acc<T>(gpm);
+      if (Prior && dpl) dpl[o + j] = from_acc<T>(gpl);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Reparameterized sampling (+ KL to N(0, I)). Each row of mu/logvar is read once for all samples:
+// the samples' loop runs over a block while it sits in L1.
+template <typename T, bool WithKL, bool RowContig>
+void reparam_rows(const ReparamArgs& a, int64_t r0, int64_t r1) {
+  using A = typename Acc<T>::type;
+  A m[kBlock], sd[kBlock], tmp[kBlock];
+  float eps[kBlock];
+  T* z = static_cast<T*>(a.z);
+  const int64_t plane = a.rows * a.cols;  // elements per sample
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* mu = static_cast<const T*>(a.mu) + a.v_mu.row_offset(r);
+    const T* lv = static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r);
+    LaneSum<A> sum;
+    for_each_block(a.cols, [&](int64_t c0, int64_t n) {
+      for (int64_t j = 0; j < n; ++j) {
+        const A l = at<RowContig>(lv, c0 + j, a.v_logvar.col_stride);
+        m[j] = at<RowContig>(mu, c0 + j, a.v_mu.col_stride);
+        sd[j] = std_from_logvar(l);
+        if (WithKL) tmp[j] = kl_std_normal(m[j], l);
+      }
+      if (WithKL) sum.add(tmp, n);
+      for (int64_t k = 0; k < a.samples; ++k) {
+        const int64_t first = k * plane + r * a.cols + c0;
+        normals_block(a.seed, a.offset, first, n, eps);
+        for (int64_t j = 0; j < n; ++j) z[first + j] = from_acc<T>(m[j] + sd[j] * static_cast<A>(eps[j]));
+      }
+    });
+    if (WithKL) static_cast<A*>(a.kl)[r] = sum.total();
+  }
+}
+
+// d mu = sum_k gz_k (+ gkl mu); d logvar = sum_k gz_k eps_k sd / 2 (+ gkl (e^lv - 1) / 2).
+// eps is regenerated only when d logvar is wanted.
+template <typename T, bool RowContig>
+void reparam_backward_rows(const ReparamBackwardArgs& b, int64_t r0, int64_t r1) {
+  using A = typename Acc<T>::type;
+  const ReparamArgs& a = b.in;
+  A gsum[kBlock], gse[kBlock];
+  float eps[kBlock];
+  const int64_t plane = a.rows * a.cols;
+  T* dmu = static_cast<T*>(b.d_mu);
+  T* dlv = static_cast<T*>(b.d_logvar);
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* mu = static_cast<const T*>(a.mu) + a.v_mu.row_offset(r);
+    const T* lv = static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r);
+    const A gkl = b.grad_kl ? static_cast<const A*>(b.grad_kl)[b.v_grad_kl.row_offset(r)] : A(0);
+    for_each_block(a.cols, [&](int64_t c0, int64_t n) {
+      for (int64_t j = 0; j < n; ++j) gsum[j] = gse[j] = A(0);
+      if (b.grad_z) {
+        for (int64_t k = 0; k < a.samples; ++k) {
+          const T* gz = static_cast<const T*>(b.grad_z) + b.v_grad_z.row_offset(k * a.rows + r);
+          const int64_t stride = b.v_grad_z.col_stride;
+          for (int64_t j = 0; j < n; ++j) gsum[j] += at<RowContig>(gz, c0 + j, stride);
+          if (dlv) {
+            normals_block(a.seed, a.offset, k * plane + r * a.cols + c0, n, eps);
+            for (int64_t j = 0; j < n; ++j) gse[j] += at<RowContig>(gz, c0 + j, stride) * static_cast<A>(eps[j]);
+          }
+        }
+      }
+      const int64_t o = r * a.cols + c0;
+      for (int64_t j = 0; j < n; ++j) {
+        const A m = at<RowContig>(mu, c0 + j, a.v_mu.col_stride);
+        const A l = at<RowContig>(lv, c0 + j, a.v_logvar.col_stride);
+        A kl_dmu, kl_dlv;
+        kl_std_normal_grad(m, l, gkl, kl_dmu, kl_dlv);
+        if (dmu) dmu[o + j] = from_acc<T>(gsum[j] + kl_dmu);
+        if (dlv) dlv[o + j] = from_acc<T>(gse[j] * A(0.5) * std_from_logvar(l) + kl_dlv);
+      }
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Bernoulli log-likelihood.
+template <typename TL, typename TX, bool RowContig>
+void bernoulli_rows(const BernoulliArgs& a, int64_t r0, int64_t r1) {
+  using A = typename Acc<TL>::type;
+  A tmp[kBlock];
+  A* out = static_cast<A*>(a.out);
+  for (int64_t r = r0; r < r1; ++r) {
+    const TL* l = static_cast<const TL*>(a.logits) + a.v_logits.row_offset(r);
+    const TX* x = static_cast<const TX*>(a.target) + a.v_target.row_offset(r);
+    LaneSum<A> sum;
+    for_each_block(a.cols, [&](int64_t c0, int64_t n) {
+      for (int64_t j = 0; j < n; ++j)
+        tmp[j] = bernoulli_log_prob(at<RowContig>(l, c0 + j, a.v_logits.col_stride),
+                                    static_cast<A>(at<RowContig>(x, c0 + j, a.v_target.col_stride)));
+      sum.add(tmp, n);
+    });
+    out[r] = sum.total();
+  }
+}
+
+template <typename TL, typename TX, bool RowContig>
+void bernoulli_backward_rows(const BernoulliBackwardArgs& b, int64_t r0, int64_t r1) {
+  using A = typename Acc<TL>::type;
+  const BernoulliArgs& a = b.in;
+  TL* dl = static_cast<TL*>(b.d_logits);
+  TX* dx = static_cast<TX*>(b.d_target);
+  for (int64_t r = r0; r < r1; ++r) {
+    const TL* l = static_cast<const TL*>(a.logits) + a.v_logits.row_offset(r);
+    const TX* x = static_cast<const TX*>(a.target) + a.v_target.row_offset(r);
+    const A g = static_cast<const A*>(b.grad)[b.v_grad.row_offset(r)];
+    const int64_t o = r * a.cols;
+    if (dl)
+      for (int64_t j = 0; j < a.cols; ++j)
+        dl[o + j] = from_acc<TL>(g * bernoulli_log_prob_grad_logits(
+                                         at<RowContig>(l, j, a.v_logits.col_stride),
+                                         static_cast<A>(at<RowContig>(x, j, a.v_target.col_stride))));
+    if (dx)
+      if constexpr (!std::is_same<TX, uint8_t>::value)
+        for (int64_t j = 0; j < a.cols; ++j)
+          dx[o + j] = from_acc<TX>(static_cast<typename Acc<TX>::type>(g * at<RowContig>(l, j, a.v_logits.col_stride)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// dtype dispatch: one switch per entry point, then a template instance per case.
+template <typename F>
+void dispatch_float(Dtype t, F&& f) {
+  switch (t) {
+    case Dtype::f32: f(float{}); break;
+    case Dtype::f64: f(double{}); break;
+    case Dtype::f16: f(f16{}); break;
+    case Dtype::bf16: f(bf16{}); break;
+    default: break;  // validated on the torch side
+  }
+}
+template <typename F>
+void dispatch_target(Dtype t, F&& f) {
+  if (t == Dtype::u8)
+    f(uint8_t{});
+  else
+    dispatch_float(t, f);
+}
+
+void gaussian_kl(const KLArgs& a, int64_t r0, int64_t r1) {
+  const bool prior = a.prior_mu != nullptr;
+  const bool contig = contiguous_rows(a.v_mu) && contiguous_rows(a.v_logvar) &&
+                      (!prior || (contiguous_rows(a.v_prior_mu) && contiguous_rows(a.v_prior_logvar)));
+  dispatch_float(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    if (prior)
+      contig ? kl_rows<T, true, true>(a, r0, r1) : kl_rows<T, true, false>(a, r0, r1);
+    else
+      contig ? kl_rows<T, false, true>(a, r0, r1) : kl_rows<T, false, false>(a, r0, r1);
+  });
+}
+
+void gaussian_kl_backward(const KLBackwardArgs& b, int64_t r0, int64_t r1) {
+  const KLArgs& a = b.in;
+  const bool prior = a.prior_mu != nullptr;
+  const bool per_element = a.elementwise;
+  const bool contig = contiguous_rows(a.v_mu) && contiguous_rows(a.v_logvar) &&
+                      (!prior || (contiguous_rows(a.v_prior_mu) && contiguous_rows(a.v_prior_logvar))) &&
+                      (!per_element || contiguous_rows(b.v_grad));
+  dispatch_float(a.dtype, [&](auto t) {
+    using T = decltype(t);
+#define VAE_KL_BWD(P, C)                                                                       \
+  (per_element ? kl_backward_rows<T, P, C, true>(b, r0, r1) : kl_backward_rows<T, P, C, false>(b, r0, r1))
+    if (prior)
+      contig ? VAE_KL_BWD(true, true) : VAE_KL_BWD(true, false);
+    else
+      contig ? VAE_KL_BWD(false, true) : VAE_KL_BWD(false, false);
+#undef VAE_KL_BWD
+  });
+}
+
+void reparameterize(const ReparamArgs& a, int64_t r0, int64_t r1) {
+  const bool contig = contiguous_rows(a.v_mu) && contiguous_rows(a.v_logvar);
+  dispatch_float(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    if (a.kl)
+      contig ? reparam_rows<T, true, true>(a, r0, r1) : reparam_rows<T, true, false>(a, r0, r1);
+    else
+      contig ? reparam_rows<T, false, true>(a, r0, r1) : reparam_rows<T, false, false>(a, r0, r1);
+  });
+}
+
+void reparameterize_backward(const ReparamBackwardArgs& b, int64_t r0, int64_t r1) {
+  const bool contig = contiguous_rows(b.in.v_mu) && contiguous_rows(b.in.v_logvar) &&
+                      (!b.grad_z || contiguous_rows(b.v_grad_z));
+  dispatch_float(b.in.dtype, [&](auto t) {
+    using T = decltype(t);
+    contig ? reparam_backward_rows<T, true>(b, r0, r1) : reparam_backward_rows<T, false>(b, r0, r1);
+  });
+}
+
+void bernoulli_log_prob(const BernoulliArgs& a, int64_t r0, int64_t r1) {
+  const bool contig = contiguous_rows(a.v_logits) && contiguous_rows(a.v_target);
+  dispatch_float(a.logits_dtype, [&](auto tl) {
+    dispatch_target(a.target_dtype, [&](auto tx) {
+      using TL = decltype(tl);
+      using TX = decltype(tx);
+      contig ? bernoulli_rows<TL, TX, true>(a, r0, r1) : bernoulli_rows<TL, TX, false>(a, r0, r1);
+    });
+  });
+}
+
+void bernoulli_log_prob_backward(const BernoulliBackwardArgs& b, int64_t r0, int64_t r1) {
+  const bool contig = contiguous_rows(b.in.v_logits) && contiguous_rows(b.in.v_target);
+  dispatch_float(b.in.logits_dtype, [&](auto tl) {
+    dispatch_target(b.in.target_dtype, [&](auto tx) {
+      using TL = decltype(tl);
+      using TX = decltype(tx);
+      contig ? bernoulli_backward_rows<TL, TX, true>(b, r0, r1)
+             : bernoulli_backward_rows<TL, TX, false>(b, r0, r1);
+    });
+  });
+}
+
+}  // namespace
+
+extern const Kernels kernels = {
+    VAE_CPU_ISA_NAME,     gaussian_kl,        gaussian_kl_backward, reparameterize, reparameterize_backward,
+    bernoulli_log_prob, bernoulli_log_prob_backward, normals,
+};
+
+}  // namespace VAE_CPU_ISA
+}  // namespace cpu
+}  // namespace vaecuda

@@ -1,0 +1,320 @@
+// The per-element math of vaecuda: Philox4x32-10, the normal transform, the Gaussian KL terms and the
+// Bernoulli log-likelihood terms, each with its analytic derivative.
+//
+// This header is the single home of that math. The CPU kernels (csrc/cpu) and the CUDA kernels
+// (csrc/cuda) both call these functions, so the two backends cannot drift apart; vaecuda/reference.py
+// spells out the same math in torch ops as the test oracle.
+//
+// It depends on nothing but the C++ standard library, so the CPU kernels can compile it once per
+// instruction set (see csrc/cpu/isa_*.cpp) without dragging torch's headers into those units.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define VAE_HD __host__ __device__ __forceinline__
+#else
+#define VAE_HD inline __attribute__((always_inline))
+#endif
+
+namespace vaecuda {
+namespace math {
+
+// ---------------------------------------------------------------------------------------------------
+// Bit casts (well defined on host and device).
+VAE_HD int32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_int(f);
+#else
+  int32_t i;
+  std::memcpy(&i, &f, sizeof(i));
+  return i;
+#endif
+}
+
+VAE_HD float bits_float(int32_t i) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(i);
+#else
+  float f;
+  std::memcpy(&f, &i, sizeof(f));
+  return f;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Correctly rounded float operations. The normal transform below is built only from these (plus
+// exact integer and bit operations), so the CPU kernels, the CUDA kernels and the torch reference,
+// which all round each operation once, produce the same bits. On the device the intrinsics forbid
+// nvcc from contracting a*b+c into an FMA; on the host the build passes -ffp-contract=off.
+VAE_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+VAE_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+VAE_HD float sub_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+VAE_HD float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+VAE_HD float sqrt_rn(float a) {
+#if defined(__CUDA_ARCH__)
+  return __fsqrt_rn(a);
+#else
+  return std::sqrt(a);
+#endif
+}
+// uint32 -> float, round to nearest even.
+VAE_HD float u32_to_float_rn(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint2float_rn(u);
+#else
+  return static_cast<float>(u);
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11).
+// Checked against the Random123 known-answer vectors in tests/test_philox.py.
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
+
+struct U32x4 {
+  uint32_t x, y, z, w;
+};
+
+VAE_HD U32x4 philox4x32_10(U32x4 c, uint32_t k0, uint32_t k1) {
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+    }
+    const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c.x;
+    const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c.z;
+    c = U32x4{static_cast<uint32_t>(p1 >> 32) ^ c.y ^ k0, static_cast<uint32_t>(p1),
+              static_cast<uint32_t>(p0 >> 32) ^ c.w ^ k1, static_cast<uint32_t>(p0)};
+  }
+  return c;
+}
+
+// The random words for element group `group` (flat elements 4*group .. 4*group+3) of a stream
+// keyed by (seed, offset): key = seed, counter = (group, offset), each split into 32-bit halves.
+// Keying by the flat element index, never a thread index, makes the samples independent of how
+// the work is split, on the CPU or on any GPU.
+VAE_HD U32x4 philox_group(uint64_t seed, uint64_t offset, uint64_t group) {
+  return philox4x32_10(U32x4{static_cast<uint32_t>(group), static_cast<uint32_t>(group >> 32),
+                             static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)},
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The normal transform: Box-Muller on a pair of 32-bit words (a, b).
+//   u = float(a) * 2^-32 + 2^-33        in [2^-33, 1]: never 0, so the radius is finite (max 6.77)
+//   r = sqrt(-2 log u)
+//   theta = 2 pi (b >> 6) / 2^26        quadrant from the top 2 bits of b, the next 24 bits inside it
+//   (n0, n1) = (r cos theta, r sin theta)
+// log, sin and cos are polynomial approximations (errors below 1e-7 relative, see
+// tests/test_philox.py) evaluated with the correctly rounded operations above, in a fixed order, so
+// that every backend gets the same bits. Constants are hex literals: exactly the floats meant, so
+// vaecuda/reference.py (float.fromhex) uses the same ones.
+struct F2 {
+  float a, b;
+};
+
+// log(u) for normal floats u in (0, 1]: u = 2^e * m with m in [sqrt(1/2), sqrt(2)),
+// log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172, series to s^9 (error < 3e-9).
+VAE_HD float bm_log(float u) {
+  const int32_t bits = float_bits(u);
+  int32_t e = ((bits >> 23) & 0xFF) - 127;
+  int32_t mbits = (bits & 0x007FFFFF) | 0x3F800000;  // m in [1, 2)
+  const bool big = mbits > 0x3FB504F3;                // m > sqrt(2): halve it
+  mbits = big ? mbits - 0x00800000 : mbits;
+  e = big ? e + 1 : e;
+  const float m = bits_float(mbits);
+  const float s = div_rn(sub_rn(m, 1.0f), add_rn(m, 1.0f));
+  const float z = mul_rn(s, s);
+  float p = 0x1.c71c72p-4f;                            // 1/9
+  p = add_rn(mul_rn(p, z), 0x1.24924ap-3f);            // 1/7
+  p = add_rn(mul_rn(p, z), 0x1.99999ap-3f);            // 1/5
+  p = add_rn(mul_rn(p, z), 0x1.555556p-2f);            // 1/3
+  p = add_rn(mul_rn(p, z), 1.0f);
+  const float logm = mul_rn(add_rn(s, s), p);
+  const float ef = static_cast<float>(e);              // |e| <= 33: exact
+  // e ln 2 with ln 2 split in two floats, the high part short enough that e * hi is exact
+  return add_rn(mul_rn(ef, 0x1.62e4p-1f), add_rn(mul_rn(ef, 0x1.7f7d1cp-20f), logm));
+}
+
+// (cos, sin) of x * pi / 2 for x in [0, 1/2], Taylor series in y = x * pi / 2 (error < 3e-9).
+VAE_HD F2 bm_cos_sin_quarter(float x) {
+  const float y = mul_rn(x, 0x1.921fb6p+0f);  // pi / 2
+  const float y2 = mul_rn(y, y);
+  float s = 0x1.71de3ap-19f;                           //  1/9!
+  s = add_rn(mul_rn(s, y2), -0x1.a01a02p-13f);         // -1/7!
+  s = add_rn(mul_rn(s, y2), 0x1.111112p-7f);           //  1/5!
+  s = add_rn(mul_rn(s, y2), -0x1.555556p-3f);          // -1/3!
+  s = add_rn(mul_rn(s, y2), 1.0f);
+  s = mul_rn(s, y);
+  float c = -0x1.27e4fcp-22f;                          // -1/10!
+  c = add_rn(mul_rn(c, y2), 0x1.a01a02p-16f);          //  1/8!
+  c = add_rn(mul_rn(c, y2), -0x1.6c16c2p-10f);         // -1/6!
+  c = add_rn(mul_rn(c, y2), 0x1.555556p-5f);           //  1/4!
+  c = add_rn(mul_rn(c, y2), -0.5f);                    // -1/2!
+  c = add_rn(mul_rn(c, y2), 1.0f);
+  return F2{c, s};
+}
+
+VAE_HD F2 box_muller(uint32_t a, uint32_t b) {
+  const float u = add_rn(mul_rn(u32_to_float_rn(a), 0x1p-32f), 0x1p-33f);
+  const float r = sqrt_rn(mul_rn(-2.0f, bm_log(u)));
+  const uint32_t quadrant = b >> 30;
+  const float t = mul_rn(static_cast<float>((b >> 6) & 0x00FFFFFFu), 0x1p-24f);  // [0, 1), exact
+  const bool upper = t > 0.5f;               // reflect: cos(pi/2 t) = sin(pi/2 (1 - t)), 1 - t exact
+  const F2 cs = bm_cos_sin_quarter(upper ? sub_rn(1.0f, t) : t);
+  const float c = upper ? cs.b : cs.a;
+  const float s = upper ? cs.a : cs.b;
+  // rotate (c, s) by quadrant * pi / 2
+  const float cq = quadrant == 0 ? c : quadrant == 1 ? -s : quadrant == 2 ? -c : s;
+  const float sq = quadrant == 0 ? s : quadrant == 1 ? c : quadrant == 2 ? -s : -c;
+  return F2{mul_rn(r, cq), mul_rn(r, sq)};
+}
+
+// The 4 standard normals of element group `group`: elements 4g, 4g+1 come from words (x, y),
+// elements 4g+2, 4g+3 from words (z, w); even elements take the cosine, odd ones the sine.
+struct F4 {
+  float v[4];
+};
+VAE_HD F4 normal_group(uint64_t seed, uint64_t offset, uint64_t group) {
+  const U32x4 w = philox_group(seed, offset, group);
+  const F2 lo = box_muller(w.x, w.y);
+  const F2 hi = box_muller(w.z, w.w);
+  return F4{{lo.a, lo.b, hi.a, hi.b}};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// exp and log1p. float: branch-free polynomials that vectorize on the CPU and agree with libm to a
+// couple of ulp; NaN propagates (every clamp is written so that a NaN compares false and passes).
+// double: the C library, so float64 gradcheck sees full precision.
+VAE_HD float fast_exp(float x) {
+  x = x < -104.0f ? -104.0f : x;  // exp underflows to 0 below -103.97
+  x = x > 88.8f ? 88.8f : x;      // and overflows to inf above 88.73
+  // n = round(x / ln 2) with the 1.5 * 2^23 trick; the low bits of t hold n as an integer.
+  const float t = x * 1.44269504f + 12582912.0f;
+  const float n = t - 12582912.0f;
+  const int32_t ni = float_bits(t) - 0x4B400000;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // Cody-Waite: x - n ln 2
+  float p = 1.98412698e-4f;                                      // 1/7!
+  p = p * r + 1.38888889e-3f;
+  p = p * r + 8.33333333e-3f;
+  p = p * r + 4.16666667e-2f;
+  p = p * r + 1.66666667e-1f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  // 2^n as two normal factors, so results in the subnormal range and up to 2^128 come out right.
+  const int32_t n1 = ni >> 1;
+  const int32_t n2 = ni - n1;
+  return p * bits_float((n1 + 127) << 23) * bits_float((n2 + 127) << 23);
+}
+VAE_HD double fast_exp(double x) { return ::exp(x); }
+
+// log1p(e) for e in [0, 1]: 2 atanh(s), s = e / (2 + e) in [0, 1/3], series to s^13 (error < 2e-8).
+VAE_HD float log1p_unit(float e) {
+  const float s = e / (2.0f + e);
+  const float z = s * s;
+  float p = 1.0f / 13.0f;
+  p = p * z + 1.0f / 11.0f;
+  p = p * z + 1.0f / 9.0f;
+  p = p * z + 1.0f / 7.0f;
+  p = p * z + 1.0f / 5.0f;
+  p = p * z + 1.0f / 3.0f;
+  p = p * z + 1.0f;
+  return 2.0f * s * p;
+}
+VAE_HD double log1p_unit(double e) { return ::log1p(e); }
+
+// ---------------------------------------------------------------------------------------------------
+// Reparameterized sampling: z = mu + exp(logvar / 2) * eps.
+template <typename T>
+VAE_HD T std_from_logvar(T logvar) {
+  return fast_exp(T(0.5) * logvar);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Gaussian KL, one latent dimension.
+// KL(N(mu, e^lv) || N(0, 1)) = (e^lv + mu^2 - 1 - lv) / 2
+template <typename T>
+VAE_HD T kl_std_normal(T mu, T lv) {
+  return T(0.5) * (fast_exp(lv) + mu * mu - T(1) - lv);
+}
+// d/dmu = mu, d/dlv = (e^lv - 1) / 2, each times the upstream gradient g.
+template <typename T>
+VAE_HD void kl_std_normal_grad(T mu, T lv, T g, T& dmu, T& dlv) {
+  dmu = g * mu;
+  dlv = g * T(0.5) * (fast_exp(lv) - T(1));
+}
+
+// KL(N(mu, e^lv) || N(pmu, e^plv)) = (plv - lv + e^(lv - plv) + (mu - pmu)^2 e^-plv - 1) / 2
+template <typename T>
+VAE_HD T kl_normal(T mu, T lv, T pmu, T plv) {
+  const T d = mu - pmu;
+  return T(0.5) * (plv - lv + fast_exp(lv - plv) + d * d * fast_exp(-plv) - T(1));
+}
+// d/dmu = (mu - pmu) e^-plv = -d/dpmu
+// d/dlv = (e^(lv - plv) - 1) / 2
+// d/dplv = (1 - e^(lv - plv) - (mu - pmu)^2 e^-plv) / 2
+template <typename T>
+VAE_HD void kl_normal_grad(T mu, T lv, T pmu, T plv, T g, T& dmu, T& dlv, T& dpmu, T& dplv) {
+  const T d = mu - pmu;
+  const T ratio = fast_exp(lv - plv);
+  const T inv_pvar = fast_exp(-plv);
+  dmu = g * d * inv_pvar;
+  dpmu = -dmu;
+  dlv = g * T(0.5) * (ratio - T(1));
+  dplv = g * T(0.5) * (T(1) - ratio - d * d * inv_pvar);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Bernoulli log-likelihood from logits, one pixel: log p(x | l) = x l - softplus(l), with
+// softplus(l) = max(l, 0) + log1p(e^-|l|): no log(sigmoid), exact for |l| up to float's range.
+// A NaN logit reaches the result through x * l and log1p(e^NaN).
+template <typename T>
+VAE_HD T bernoulli_log_prob(T l, T x) {
+  const T pos = l > T(0) ? l : T(0);
+  return x * l - pos - log1p_unit(fast_exp(-(l < T(0) ? -l : l)));
+}
+// d/dl = x - sigmoid(l), sigmoid computed from e = e^-|l| on the side where it cannot overflow.
+template <typename T>
+VAE_HD T bernoulli_log_prob_grad_logits(T l, T x) {
+  const T e = fast_exp(-(l < T(0) ? -l : l));
+  const T sig = l >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+  return x - sig;
+}
+// d/dx = l (the target enters linearly).
+
+}  // namespace math
+}  // namespace vaecuda

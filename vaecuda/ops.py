@@ -1,0 +1,214 @@
+"""The public ops. Each validates its arguments once (clear errors, before any kernel runs), picks the
+compiled op or the reference (vaecuda._backend), and applies the reduction.
+
+Shapes: latents are ``[*batch, D]``; images are ``[*batch, *event]``. Inputs may be float32, float64,
+float16 or bfloat16 (half types are computed and accumulated in float32), contiguous or not, and
+broadcast as in torch. Losses come back in float32 (float64 for float64 inputs); samples and
+gradients in the inputs' dtype. Mixed dtypes among mu, logvar and the prior are refused, not
+promoted: cast them to one dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _backend
+from . import reference as _ref
+
+__all__ = [
+    "reparameterize",
+    "reparameterize_with_kl",
+    "gaussian_kl",
+    "bernoulli_log_prob",
+    "rng_state",
+]
+
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_TARGETS = _FLOATS + (torch.uint8, torch.bool)
+_REDUCTIONS = ("none", "sum", "mean")
+_U64 = 1 << 64
+
+if _backend._C is not None:
+    from . import _registrations  # noqa: F401  (fake kernels for torch.compile / opcheck)
+
+    _kl_op = torch.ops.vaecuda.gaussian_kl.default
+    _reparam_op = torch.ops.vaecuda.reparameterize.default
+    _reparam_kl_op = torch.ops.vaecuda.reparameterize_with_kl.default
+    _bernoulli_op = torch.ops.vaecuda.bernoulli_log_prob.default
+
+
+# ---------------------------------------------------------------------------------------------------
+# validation
+def _fail(op: str, msg: str, exc=ValueError):
+    raise exc(f"vaecuda.{op}: {msg}")
+
+
+def _check_float(op: str, name: str, t, like=None, like_name: str = "mu"):
+    if not isinstance(t, torch.Tensor):
+        _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
+    if t.dtype not in _FLOATS:
+        _fail(op, f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}", TypeError)
+    if like is not None:
+        if t.dtype != like.dtype:
+            _fail(op, f"{name} has dtype {t.dtype} but {like_name} has {like.dtype}; cast them to one dtype",
+                  TypeError)
+        if t.device != like.device:
+            _fail(op, f"{name} is on {t.device} but {like_name} is on {like.device}")
+
+
+def _broadcast(op: str, names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> torch.Size:
+    try:
+        return torch.broadcast_shapes(*(t.shape for t in tensors))
+    except RuntimeError:
+        shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in zip(names, tensors))
+        _fail(op, f"shapes do not broadcast: {shapes}")
+
+
+def _check_latents(op: str, mu, logvar, prior_mu=None, prior_logvar=None) -> torch.Size:
+    _check_float(op, "mu", mu)
+    _check_float(op, "logvar", logvar, mu)
+    names, tensors = ("mu", "logvar"), (mu, logvar)
+    if prior_mu is not None:
+        _check_float(op, "prior_mu", prior_mu, mu)
+        names, tensors = names + ("prior_mu",), tensors + (prior_mu,)
+    if prior_logvar is not None:
+        _check_float(op, "prior_logvar", prior_logvar, mu)
+        names, tensors = names + ("prior_logvar",), tensors + (prior_logvar,)
+    shape = mu.shape if all(t.shape == mu.shape for t in tensors) else _broadcast(op, names, tensors)
+    if len(shape) == 0:
+        _fail(op, "mu must have at least one dim (the latent dim), got a scalar")
+    return shape
+
+
+def _check_reduction(op: str, reduction):
+    if reduction not in _REDUCTIONS:
+        _fail(op, f"reduction must be one of 'none', 'sum', 'mean', got {reduction!r}")
+
+
+def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return x
+    return x.sum() if reduction == "sum" else x.mean()
+
+
+def _check_n_samples(op: str, n_samples):
+    if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1):
+        _fail(op, f"n_samples must be None or an int >= 1, got {n_samples!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# randomness
+def rng_state(seed: int | None = None, offset: int = 0, device=None) -> torch.Tensor:
+    """The (seed, offset) pair that keys the sampling noise, as an int64 tensor of 2 on ``device``.
+
+    ``seed=None`` draws both from torch's generator for that device (so ``torch.manual_seed``
+    governs it, and a captured CUDA graph draws afresh on every replay); an int seed (any 64-bit
+    value) with an int offset gives the same noise on every run and device."""
+    if seed is None:
+        return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
+    for name, v in (("seed", seed), ("offset", offset)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"vaecuda.rng_state: {name} must be an int, got {type(v).__name__}")
+        if not -(2**63) <= v < _U64:
+            raise ValueError(f"vaecuda.rng_state: {name} must fit in 64 bits, got {v}")
+    # store the 64-bit patterns as int64 (two's complement)
+    seed, offset = (v - _U64 if v >= 2**63 else v for v in (seed, offset))
+    return torch.tensor([seed, offset], dtype=torch.int64, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ops
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples: int | None = None,
+                   seed: int | None = None, offset: int = 0) -> torch.Tensor:
+    """Reparameterized sample z = mu + exp(logvar / 2) * eps, eps ~ N(0, 1), differentiable in mu and logvar.
+
+    mu, logvar: ``[*batch, D]`` (broadcastable). Returns z in mu's dtype, shaped ``[*batch, D]``, or
+    ``[n_samples, *batch, D]`` with ``n_samples=K`` (one read of mu/logvar for all K). eps is generated
+    inside the kernel from Philox keyed by (seed, offset) and z's flat index, and regenerated in the
+    backward, never stored. ``seed=None`` draws the key from torch's generator (see ``rng_state``)."""
+    _check_latents("reparameterize", mu, logvar)
+    _check_n_samples("reparameterize", n_samples)
+    state = rng_state(seed, offset, mu.device)
+    if _backend.use_compiled(mu.device):
+        return _reparam_op(mu, logvar, state, n_samples)
+    return _ref.reparameterize(mu, logvar, state, n_samples)
+
+
+def reparameterize_with_kl(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples: int | None = None,
+                           seed: int | None = None, offset: int = 0, reduction: str = "none"):
+    """``(z, kl)`` from one pass: z as in ``reparameterize`` and KL(N(mu, e^logvar) || N(0, I)) summed
+    over the last dim, per row ``[*batch]`` (``reduction="none"``), or summed / averaged over rows.
+    kl is float32 (float64 for float64 inputs)."""
+    _check_latents("reparameterize_with_kl", mu, logvar)
+    _check_n_samples("reparameterize_with_kl", n_samples)
+    _check_reduction("reparameterize_with_kl", reduction)
+    state = rng_state(seed, offset, mu.device)
+    if _backend.use_compiled(mu.device):
+        z, kl = _reparam_kl_op(mu, logvar, state, n_samples)
+    else:
+        z, kl = _ref.reparameterize_with_kl(mu, logvar, state, n_samples)
+    return z, _reduce(kl, reduction)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor | None = None,
+                prior_logvar: torch.Tensor | None = None, *, reduction: str = "none",
+                free_bits: float = 0.0) -> torch.Tensor:
+    """KL(N(mu, e^logvar) || N(prior_mu, e^prior_logvar)) of diagonal Gaussians, summed over the last dim.
+
+    mu, logvar, prior_mu, prior_logvar: ``[*batch, D]``, broadcastable (the prior defaults to N(0, I);
+    a missing prior_mu means 0, a missing prior_logvar means 0). Returns float32 (float64 for float64
+    inputs): ``[*batch]`` for ``reduction="none"``, else the sum or mean over rows.
+
+    ``free_bits=lam > 0`` (Kingma et al. 2016) replaces the KL by sum_j max(lam, KL_j), KL_j the
+    batch mean of latent dim j's KL, so dims below lam nats get no gradient; it needs
+    ``reduction="mean"`` (that value) or ``"sum"`` (times the number of rows)."""
+    op = "gaussian_kl"
+    _check_latents(op, mu, logvar, prior_mu, prior_logvar)
+    _check_reduction(op, reduction)
+    if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) or not free_bits >= 0:
+        _fail(op, f"free_bits must be a number >= 0, got {free_bits!r}")
+    if free_bits > 0 and reduction == "none":
+        _fail(op, "free_bits needs a batch reduction: use reduction='mean' or 'sum'")
+    if (prior_mu is None) != (prior_logvar is None):  # the kernels take both or neither
+        zero = mu.new_zeros(())
+        prior_mu = zero if prior_mu is None else prior_mu
+        prior_logvar = zero if prior_logvar is None else prior_logvar
+    elementwise = free_bits > 0
+    if _backend.use_compiled(mu.device):
+        kl = _kl_op(mu, logvar, prior_mu, prior_logvar, elementwise)
+    else:
+        kl = _ref.gaussian_kl(mu, logvar, prior_mu, prior_logvar, elementwise)
+    if not elementwise:
+        return _reduce(kl, reduction)
+    rows = kl.numel() // kl.shape[-1] if kl.shape[-1] else 0
+    per_dim = kl.reshape(-1, kl.shape[-1]).mean(0)
+    clamped = per_dim.clamp_min(float(free_bits)).sum()
+    return clamped if reduction == "mean" else clamped * rows
+
+
+def bernoulli_log_prob(logits: torch.Tensor, target: torch.Tensor, *, event_dims: int = 1,
+                       reduction: str = "none") -> torch.Tensor:
+    """log p(target | logits) of independent Bernoullis, summed over the last ``event_dims`` dims.
+
+    logits: ``[*batch, *event]`` float; target: float in [0, 1] (soft targets), bool or uint8,
+    broadcastable to logits' shape (e.g. ``[B, P]`` against ``[K, B, P]`` logits, never copied K
+    times). Computed stably as target * l - softplus(l). Returns float32 (float64 for float64
+    logits), ``[*batch]`` or reduced over it. Gradients flow to logits and to float targets."""
+    op = "bernoulli_log_prob"
+    _check_float(op, "logits", logits)
+    if not isinstance(target, torch.Tensor):
+        _fail(op, f"target must be a torch.Tensor, got {type(target).__name__}", TypeError)
+    if target.dtype not in _TARGETS:
+        _fail(op, f"target must be a float tensor, bool or uint8, got {target.dtype}", TypeError)
+    if target.device != logits.device:
+        _fail(op, f"target is on {target.device} but logits is on {logits.device}")
+    if isinstance(event_dims, bool) or not isinstance(event_dims, int) or not 1 <= event_dims <= logits.dim():
+        _fail(op, f"event_dims must be an int in [1, logits.dim()={logits.dim()}], got {event_dims!r}")
+    if target.shape != logits.shape and _broadcast(op, ("logits", "target"), (logits, target)) != logits.shape:
+        _fail(op, f"target of shape {tuple(target.shape)} must broadcast to logits' shape {tuple(logits.shape)}")
+    _check_reduction(op, reduction)
+    if _backend.use_compiled(logits.device):
+        out = _bernoulli_op(logits, target, event_dims)
+    else:
+        out = _ref.bernoulli_log_prob(logits, target, event_dims)
+    return _reduce(out, reduction)
