@@ -98,7 +98,11 @@ def extensions():
     cu_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     build_cuda, reason = cuda_plan(torch, cpp_extension, cu_sources)
 
-    cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+    # -ffp-contract=off: no FMA contraction, so the normal transform rounds exactly as the reference.
+    # -fno-math-errno -fno-trapping-math: let sqrt and the branch-free selects vectorize.
+    # -fopenmp: at::parallel_for is OpenMP inline code; the runtime resolves to the libgomp torch loads.
+    cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     macros = [("VAECUDA_TORCH_VERSION", f'"{torch.__version__}"')]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if build_cuda:
@@ -117,12 +121,13 @@ def extensions():
             include_dirs=include_dirs,
             define_macros=macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"] + gencode_flags(archs)},
+            extra_link_args=link_flags,
         )
     else:
         say(f"building CPU kernels only: {reason}; MAX_JOBS={os.environ['MAX_JOBS']}")
         ext = cpp_extension.CppExtension(
             "vaecuda._C", cpu_sources, include_dirs=include_dirs, define_macros=macros,
-            extra_compile_args={"cxx": cxx_flags},
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags,
         )
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 

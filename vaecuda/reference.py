@@ -92,7 +92,9 @@ def _bm_log(u: torch.Tensor) -> torch.Tensor:
 def _box_muller(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernels' Box-Muller on int64 tensors of uint32 words (see vae_math.h)."""
     u = a.to(torch.float32) * 2.0**-32 + 2.0**-33
-    r = torch.sqrt(-2.0 * _bm_log(u))
+    # torch's vectorized float32 sqrt is not always correctly rounded; float64 sqrt rounded to
+    # float32 is (53 >= 2 * 24 + 2 bits), and equals the kernels' IEEE sqrt.
+    r = torch.sqrt((-2.0 * _bm_log(u)).double()).float()
     quadrant = b >> 30
     t = ((b >> 6) & 0x00FFFFFF).to(torch.float32) * 2.0**-24
     upper = t > 0.5
