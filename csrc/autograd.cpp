@@ -40,16 +40,15 @@ struct NoDoubleBackward : torch::autograd::Function<NoDoubleBackward> {
 
 template <typename Compute>
 variable_list first_derivatives(const char* name, const variable_list& inputs, Compute compute) {
-  bool record = at::GradMode::is_enabled();
-  if (record) {
-    record = false;
-    for (const auto& t : inputs) record = record || (t.defined() && t.requires_grad());
-  }
-  if (!record) {
+  variable_list tracked;  // the defined inputs that require grad: the graph hangs off these
+  if (at::GradMode::is_enabled())
+    for (const auto& t : inputs)
+      if (t.defined() && t.requires_grad()) tracked.push_back(t);
+  if (tracked.empty()) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return compute();
   }
-  return NoDoubleBackward::apply(at::TensorList(inputs), name, compute);
+  return NoDoubleBackward::apply(at::TensorList(tracked), name, compute);
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""gaussian_kl against the reference, torch.distributions and float64 gradcheck."""
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+import vaecuda
+from vaecuda import reference as ref
+
+from conftest import FLOAT_DTYPES, LOSS_TOL, VALUE_TOL, leaf, noncontiguous
+
+
+def _inputs(shape, dtype, device, scale=1.0, seed=None):
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    mu = (torch.randn(shape, generator=g) * scale).to(device, dtype)
+    lv = (torch.randn(shape, generator=g) * scale).to(device, dtype)
+    return mu, lv
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(7, 20), (128, 32), (3, 5, 64), (1, 1), (4, 1030)])
+@pytest.mark.parametrize("prior", [False, True])
+def test_forward_backward_matches_reference(device, dtype, shape, prior):
+    mu, lv = _inputs(shape, dtype, device)
+    pm, pl = _inputs(shape, dtype, device) if prior else (None, None)
+    args = [leaf(t) if t is not None else None for t in (mu, lv, pm, pl)]
+    args_ref = [leaf(t) if t is not None else None for t in (mu, lv, pm, pl)]
+    out = vaecuda.gaussian_kl(*args)
+    expected = ref.gaussian_kl(*args_ref)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(out, expected, **LOSS_TOL[dtype])
+    g = torch.randn_like(out)
+    out.backward(g)
+    expected.backward(g)
+    for a, b in zip(args, args_ref):
+        if a is not None:
+            assert a.grad.dtype == dtype
+            torch.testing.assert_close(a.grad, b.grad, **VALUE_TOL[dtype])
+
+
+def test_against_torch_distributions(device):
+    mu, lv = _inputs((64, 16), torch.float64, device)
+    pm, pl = _inputs((64, 16), torch.float64, device)
+    q = Normal(mu, torch.exp(0.5 * lv))
+    expected = kl_divergence(q, Normal(pm, torch.exp(0.5 * pl))).sum(-1)
+    torch.testing.assert_close(vaecuda.gaussian_kl(mu, lv, pm, pl), expected)
+    expected0 = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(-1)
+    torch.testing.assert_close(vaecuda.gaussian_kl(mu, lv), expected0)
+
+
+def test_broadcast_prior_and_its_gradient(device):
+    mu, lv = _inputs((32, 8), torch.float64, device)
+    pm, pl = _inputs((8,), torch.float64, device)
+    args = [leaf(t) for t in (mu, lv, pm, pl)]
+    args_ref = [leaf(t) for t in (mu, lv, pm, pl)]
+    vaecuda.gaussian_kl(*args).sum().backward()
+    ref.gaussian_kl(*args_ref).sum().backward()
+    for a, b in zip(args, args_ref):
+        assert a.grad.shape == a.shape
+        torch.testing.assert_close(a.grad, b.grad)
+    # a learned global logvar of shape [D] broadcast against per-row mu
+    out = vaecuda.gaussian_kl(mu, lv[0])
+    torch.testing.assert_close(out, ref.gaussian_kl(mu, lv[0]))
+    # only one prior parameter: the other is 0 (mean 0 or unit variance)
+    torch.testing.assert_close(vaecuda.gaussian_kl(mu, lv, prior_mu=pm), ref.gaussian_kl(mu, lv, pm, torch.zeros_like(pm)))
+    torch.testing.assert_close(vaecuda.gaussian_kl(mu, lv, prior_logvar=pl),
+                               ref.gaussian_kl(mu, lv, torch.zeros_like(pl), pl))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("layout", ["contiguous", "noncontiguous"])
+@pytest.mark.parametrize("prior", [False, True])
+def test_gradcheck_float64(device, seed, layout, prior):
+    mu, lv = _inputs((5, 9), torch.float64, device, seed=seed)
+    pm, pl = _inputs((5, 9), torch.float64, device, seed=seed + 100)
+    ts = [mu, lv] + ([pm, pl] if prior else [])
+    if layout == "noncontiguous":
+        ts = [noncontiguous(t) for t in ts]
+    ts = [t.requires_grad_() for t in ts]
+    assert torch.autograd.gradcheck(lambda *a: vaecuda.gaussian_kl(*a), ts)
+    assert torch.autograd.gradcheck(lambda *a: vaecuda.gaussian_kl(*a, reduction="mean"), ts)
+
+
+def test_noncontiguous_gives_the_same_bits(device):
+    mu, lv = _inputs((33, 70), torch.float32, device)
+    a = vaecuda.gaussian_kl(mu, lv)
+    b = vaecuda.gaussian_kl(noncontiguous(mu), noncontiguous(lv))
+    c = vaecuda.gaussian_kl(mu.t().contiguous().t(), lv.t().contiguous().t())  # column-major
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_reductions(device, reduction):
+    mu, lv = _inputs((2, 3, 4), torch.float32, device)
+    per_row = ref.gaussian_kl(mu, lv)
+    expected = {"none": per_row, "sum": per_row.sum(), "mean": per_row.mean()}[reduction]
+    torch.testing.assert_close(vaecuda.gaussian_kl(mu, lv, reduction=reduction), expected)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_free_bits(device, reduction):
+    mu, lv = _inputs((16, 6), torch.float64, device)
+    mu[:, :3] *= 0.01  # three nearly collapsed dims, KL well below the threshold
+    lv[:, :3] *= 0.01
+    mu[:, 3:] += 2.0  # and three well above it
+    mu, lv = leaf(mu), leaf(lv)
+    lam = 0.5
+    out = vaecuda.gaussian_kl(mu, lv, reduction=reduction, free_bits=lam)
+    per_dim = ref.gaussian_kl(mu, lv, elementwise=True).mean(0)
+    expected = per_dim.clamp_min(lam).sum() * (1 if reduction == "mean" else 16)
+    torch.testing.assert_close(out, expected)
+    out.backward()
+    assert torch.all(mu.grad[:, :3] == 0) and torch.all(lv.grad[:, :3] == 0)
+    assert torch.all(mu.grad[:, 3:] != 0)
+    assert torch.autograd.gradcheck(lambda m, l: vaecuda.gaussian_kl(m, l, reduction=reduction, free_bits=lam),
+                                    [mu.detach().requires_grad_(), lv.detach().requires_grad_()])
+
+
+def test_extreme_values_are_finite(device):
+    lv = torch.linspace(-30, 30, 601, device=device).reshape(1, -1).repeat(2, 1)
+    mu = torch.linspace(-50, 50, 601, device=device).reshape(1, -1).repeat(2, 1)
+    for prior in (None, (torch.zeros_like(mu), torch.flip(lv, [1]))):
+        args = (leaf(mu), leaf(lv)) + (tuple(leaf(p) for p in prior) if prior else ())
+        out = vaecuda.gaussian_kl(*args)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, ref.gaussian_kl(*[a.double() for a in args]).float(), rtol=1e-5, atol=1e-3)
+        out.sum().backward()
+        assert all(torch.isfinite(a.grad).all() for a in args)
+
+
+def test_nan_propagates(device):
+    mu, lv = _inputs((3, 5), torch.float32, device)
+    mu[0, 1] = float("nan")
+    lv[1, 2] = float("nan")
+    mu, lv = leaf(mu), leaf(lv)
+    out = vaecuda.gaussian_kl(mu, lv)
+    assert torch.isnan(out[:2]).all() and torch.isfinite(out[2])
+    out.sum().backward()
+    assert torch.isnan(mu.grad[0, 1]) and torch.isnan(lv.grad[1, 2])
+
+
+def test_empty(device):
+    mu = torch.zeros(0, 8, device=device, requires_grad=True)
+    out = vaecuda.gaussian_kl(mu, torch.zeros(0, 8, device=device))
+    assert out.shape == (0,)
+    out.sum().backward()
+    assert mu.grad.shape == (0, 8)
+    assert vaecuda.gaussian_kl(torch.zeros(4, 0, device=device), torch.zeros(4, 0, device=device)).tolist() == [0] * 4
+    assert vaecuda.gaussian_kl(mu, mu, reduction="mean").isnan()  # the mean of nothing, as torch

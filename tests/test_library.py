@@ -1,0 +1,117 @@
+"""The compiled ops as torch operators: opcheck, torch.compile of a training step, double backward."""
+
+import pytest
+import torch
+
+import vaecuda
+from vaecuda import reference as ref
+
+from conftest import requires_compiled
+
+pytestmark = requires_compiled
+ops = torch.ops.vaecuda
+
+
+def _opcheck_cases(device):
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
+    state = vaecuda.rng_state(3, 1, device)
+    x = (torch.rand(4, 2, 6, generator=g) < 0.5).to(device)
+    return [
+        (ops.gaussian_kl, (r(4, 6), r(4, 6), None, None, False)),
+        (ops.gaussian_kl, (r(3, 4, 6), r(3, 4, 6), r(6), r(4, 6), False)),
+        (ops.gaussian_kl, (r(4, 6), r(4, 6), None, None, True)),
+        (ops.reparameterize, (r(4, 6), r(4, 6), state, None)),
+        (ops.reparameterize, (r(4, 6), r(6), state, 3)),
+        (ops.reparameterize_with_kl, (r(4, 6), r(4, 6), state, 2)),
+        (ops.bernoulli_log_prob, (r(4, 2, 6), x.float(), 1)),
+        (ops.bernoulli_log_prob, (r(5, 4, 2, 6), x.to(torch.uint8), 2)),
+        (ops.bernoulli_log_prob, (r(4, 2, 6).double(), torch.rand(2, 6, generator=g).to(device).double(), 2)),
+        (ops._scale, (r(3, 3), 2.5)),
+    ]
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(device, requires_grad):
+    for op, args in _opcheck_cases(device):
+        args = tuple(a.requires_grad_() if (requires_grad and isinstance(a, torch.Tensor) and a.is_floating_point()
+                                            and a.dtype != torch.int64) else a for a in args)
+        torch.library.opcheck(op, args)
+
+
+def _loss(mu, lv, logits_w, x):
+    z, kl = vaecuda.reparameterize_with_kl(mu, lv, seed=0)
+    logits = z @ logits_w
+    ll = vaecuda.bernoulli_log_prob(logits, x)
+    kl2 = vaecuda.gaussian_kl(mu, lv, torch.zeros_like(mu), torch.zeros_like(lv))
+    z2 = vaecuda.reparameterize(mu, lv, n_samples=2, seed=1)
+    return (kl + kl2 - ll).mean() + z2.square().mean()
+
+
+def _step(mu, lv, logits_w, x, loss_fn=_loss):
+    loss = loss_fn(mu, lv, logits_w, x)
+    loss.backward()
+    return loss.detach()
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph_training_step(device, backend):
+    # the loss (all ops) compiles as one graph; AOTAutograd compiles its backward from the C++
+    # autograd formulas and the fake kernels
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(8, 5, generator=g).to(device).requires_grad_()
+    lv = torch.randn(8, 5, generator=g).to(device).requires_grad_()
+    w = torch.randn(5, 30, generator=g).to(device).requires_grad_()
+    x = (torch.rand(8, 30, generator=g) < 0.5).float().to(device)
+    eager = _step(mu, lv, w, x)
+    grads = [t.grad.clone() for t in (mu, lv, w)]
+    for t in (mu, lv, w):
+        t.grad = None
+    compiled = _step(mu, lv, w, x, torch.compile(_loss, fullgraph=True, backend=backend))
+    torch.testing.assert_close(compiled, eager)
+    for t, expected in zip((mu, lv, w), grads):
+        torch.testing.assert_close(t.grad, expected)
+
+
+def test_compile_inductor_forward_backward(device):
+    mu = torch.randn(16, 4, device=device, requires_grad=True)
+    lv = torch.randn(16, 4, device=device, requires_grad=True)
+
+    def f(m, l):
+        z, kl = vaecuda.reparameterize_with_kl(m, l, seed=3)
+        return z.sum() + kl.sum() + vaecuda.gaussian_kl(m, l, reduction="mean")
+
+    out = torch.compile(f, fullgraph=True)(mu, lv)
+    gm, gl = torch.autograd.grad(out, [mu, lv])
+    m2, l2 = mu.detach().requires_grad_(), lv.detach().requires_grad_()
+    expected = f(m2, l2)
+    em, el = torch.autograd.grad(expected, [m2, l2])
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(gm, em)
+    torch.testing.assert_close(gl, el)
+
+
+@pytest.mark.parametrize("which", ["kl", "reparameterize", "bernoulli"])
+def test_double_backward_raises_clearly(device, which):
+    mu = torch.randn(3, 4, device=device, dtype=torch.float64, requires_grad=True)
+    lv = torch.randn(3, 4, device=device, dtype=torch.float64, requires_grad=True)
+    out = {"kl": lambda: vaecuda.gaussian_kl(mu, lv),
+           "reparameterize": lambda: vaecuda.reparameterize(mu, lv, seed=0),
+           "bernoulli": lambda: vaecuda.bernoulli_log_prob(mu, torch.rand_like(lv))}[which]().square().sum()
+    (g,) = torch.autograd.grad(out, [mu], create_graph=True)  # first derivative with a graph: fine
+    expected = torch.autograd.grad({"kl": lambda: ref.gaussian_kl(mu, lv),
+                                    "reparameterize": lambda: ref.reparameterize(mu, lv, vaecuda.rng_state(0, device=device)),
+                                    "bernoulli": lambda: ref.bernoulli_log_prob(mu, torch.rand_like(lv))}[which]().square().sum(),
+                                   [mu])[0] if which != "bernoulli" else g
+    torch.testing.assert_close(g, expected)
+    with pytest.raises(RuntimeError, match="second derivative of .* is not implemented"):
+        g.sum().backward()
+
+
+def test_backward_computes_only_requested_gradients(device):
+    mu = torch.randn(4, 6, device=device, requires_grad=True)
+    lv = torch.randn(4, 6, device=device)  # no grad
+    vaecuda.gaussian_kl(mu, lv).sum().backward()
+    assert lv.grad is None and mu.grad is not None
+    dmu, dlv, _, _ = ops.gaussian_kl_backward(torch.ones(4), mu, lv, None, None, False, [True, False, False, False])
+    assert dmu.shape == mu.shape and dlv.numel() == 0
