@@ -101,7 +101,7 @@ def extensions():
     # -ffp-contract=off: no FMA contraction, so the normal transform rounds exactly as the reference.
     # -fno-math-errno -fno-trapping-math: let sqrt and the branch-free selects vectorize.
     # -fopenmp: at::parallel_for is OpenMP inline code; the runtime resolves to the libgomp torch loads.
-    cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+    cxx_flags = ["-O3", "-g0", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
     link_flags = ["-fopenmp"]
     macros = [("VAECUDA_TORCH_VERSION", f'"{torch.__version__}"')]
     include_dirs = [os.path.join(ROOT, "csrc")]

@@ -59,6 +59,10 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_log_prob_backward(const at::Tensor&
                                                                const at::Tensor& target, int64_t event_dims,
                                                                std::array<bool, 2> output_mask) {
   c10::DeviceGuard guard(logits.device());
+  if (output_mask[1] && is_half(target.scalar_type()) && target.sizes() != logits.sizes()) {
+    auto r = bernoulli_log_prob_backward(grad, logits, target.to(at::kFloat), event_dims, output_mask);
+    return {std::get<0>(r), std::get<1>(r).to(target.scalar_type())};
+  }
   BernoulliProblem p = bernoulli_problem(logits, target, event_dims);
   BernoulliBackwardArgs b;
   b.in = p.args;

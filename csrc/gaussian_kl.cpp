@@ -70,6 +70,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
     std::array<bool, 4> output_mask) {
   c10::DeviceGuard guard(mu.device());
   KLProblem p = kl_problem(mu, logvar, prior_mu, prior_logvar, elementwise);
+  const at::Tensor* inputs[4] = {&mu, &logvar, prior_mu ? &*prior_mu : nullptr,
+                                 prior_logvar ? &*prior_logvar : nullptr};
+  if (is_half(mu.scalar_type())) {
+    bool reduced = false;
+    for (int i = 0; i < 4; ++i) reduced |= output_mask[i] && inputs[i] && inputs[i]->sizes() != p.full;
+    if (reduced) {
+      auto r = gaussian_kl_backward(grad, mu.to(at::kFloat), logvar.to(at::kFloat), to_float(prior_mu),
+                                    to_float(prior_logvar), elementwise, output_mask);
+      return {std::get<0>(r).to(mu.scalar_type()), std::get<1>(r).to(mu.scalar_type()),
+              std::get<2>(r).to(mu.scalar_type()), std::get<3>(r).to(mu.scalar_type())};
+    }
+  }
   KLBackwardArgs b;
   b.in = p.args;
   const at::ScalarType acc = acc_dtype(mu.scalar_type());
@@ -78,8 +90,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
                                  : make_row_view(g, at::IntArrayRef(p.full).slice(0, p.full.size() - 1), 0);
   b.grad = gheld.data_ptr();
   b.v_grad = gv;
-  const at::Tensor* inputs[4] = {&mu, &logvar, prior_mu ? &*prior_mu : nullptr,
-                                 prior_logvar ? &*prior_logvar : nullptr};
   void** outs[4] = {&b.d_mu, &b.d_logvar, &b.d_prior_mu, &b.d_prior_logvar};
   at::Tensor full_grads[4];
   for (int i = 0; i < 4; ++i) {

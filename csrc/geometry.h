@@ -43,6 +43,8 @@ inline std::pair<RowView, at::Tensor> make_row_view(const at::Tensor& t, at::Int
                                                     int64_t event_dims) {
   const int64_t nd = static_cast<int64_t>(full.size());
   const int64_t nb = nd - event_dims;
+  for (int64_t s : full)
+    if (s == 0) return {RowView{}, t};  // no element is ever read (and empty tensors' strides are arbitrary)
   auto attempt = [&](const at::Tensor& x, RowView& v) {
     const int64_t shift = nd - x.dim();
     std::vector<int64_t> st(nd, 0);
@@ -123,6 +125,13 @@ inline void check_float_operand(const at::Tensor& t, const char* name, const at:
               " is on ", like.device());
 }
 
+inline bool is_half(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+// Half-precision gradients that must be summed over broadcast dims are computed in float32 and
+// rounded once, after the sum (as autograd through the float32 reference would).
+inline std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
+  return t ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
+}
 // Sums a gradient computed at the broadcast shape back to the shape of the input it belongs to.
 inline at::Tensor reduce_to(const at::Tensor& grad, const at::Tensor& input) {
   return grad.sizes() == input.sizes() ? grad : at::sum_to(grad, input.sizes());

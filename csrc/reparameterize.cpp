@@ -89,6 +89,12 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_backward(const std::optional<a
                                                            std::array<bool, 2> output_mask) {
   c10::DeviceGuard guard(mu.device());
   ReparamProblem p = reparam_problem(mu, logvar, rng_state, n_samples);
+  if (is_half(mu.scalar_type()) && ((output_mask[0] && mu.sizes() != p.full) ||
+                                    (output_mask[1] && logvar.sizes() != p.full))) {
+    auto r = reparameterize_backward(grad_z, grad_kl, mu.to(at::kFloat), logvar.to(at::kFloat), rng_state,
+                                     n_samples, output_mask);
+    return {std::get<0>(r).to(mu.scalar_type()), std::get<1>(r).to(mu.scalar_type())};
+  }
   ReparamBackwardArgs b;
   b.in = p.args;
   at::Tensor gz, gkl;
