@@ -57,7 +57,7 @@ def use_compiled(device: torch.device) -> bool:
     if MODE == "auto" and kind not in _warned:
         _warned.add(kind)
         warnings.warn(f"vaecuda: running the reference ops (plain torch) on {kind}: {_why_reference(kind)}",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=4)  # the user's call
     return False
 
 

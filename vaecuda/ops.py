@@ -26,7 +26,15 @@ __all__ = [
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _TARGETS = _FLOATS + (torch.uint8, torch.bool)
 _REDUCTIONS = ("none", "sum", "mean")
+_Tensor = torch.Tensor
 _U64 = 1 << 64
+
+def _compiled(t: torch.Tensor) -> bool:
+    """Whether the compiled kernels serve t's device (a precomputed answer for CPU tensors)."""
+    return (_CPU_COMPILED and t.is_cpu) or _backend.use_compiled(t.device)
+
+
+_CPU_COMPILED = _backend.MODE != "reference" and "cpu" in _backend._KERNEL_DEVICES
 
 if _backend._C is not None:
     from . import _registrations  # noqa: F401  (fake kernels for torch.compile / opcheck)
@@ -64,7 +72,12 @@ def _broadcast(op: str, names: tuple[str, ...], tensors: tuple[torch.Tensor, ...
         _fail(op, f"shapes do not broadcast: {shapes}")
 
 
-def _check_latents(op: str, mu, logvar, prior_mu=None, prior_logvar=None) -> torch.Size:
+def _check_latents(op: str, mu, logvar, prior_mu=None, prior_logvar=None):
+    # the common case, checked in a few attribute reads (this runs on every call)
+    if (prior_mu is None and prior_logvar is None and type(mu) is _Tensor and type(logvar) is _Tensor
+            and mu.dtype in _FLOATS and logvar.dtype is mu.dtype and logvar.shape == mu.shape
+            and mu.dim() > 0 and logvar.device == mu.device):
+        return
     _check_float(op, "mu", mu)
     _check_float(op, "logvar", logvar, mu)
     names, tensors = ("mu", "logvar"), (mu, logvar)
@@ -77,7 +90,6 @@ def _check_latents(op: str, mu, logvar, prior_mu=None, prior_logvar=None) -> tor
     shape = mu.shape if all(t.shape == mu.shape for t in tensors) else _broadcast(op, names, tensors)
     if len(shape) == 0:
         _fail(op, "mu must have at least one dim (the latent dim), got a scalar")
-    return shape
 
 
 def _check_reduction(op: str, reduction):
@@ -129,7 +141,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples: int | N
     _check_latents("reparameterize", mu, logvar)
     _check_n_samples("reparameterize", n_samples)
     state = rng_state(seed, offset, mu.device)
-    if _backend.use_compiled(mu.device):
+    if _compiled(mu):
         return _reparam_op(mu, logvar, state, n_samples)
     return _ref.reparameterize(mu, logvar, state, n_samples)
 
@@ -143,7 +155,7 @@ def reparameterize_with_kl(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples:
     _check_n_samples("reparameterize_with_kl", n_samples)
     _check_reduction("reparameterize_with_kl", reduction)
     state = rng_state(seed, offset, mu.device)
-    if _backend.use_compiled(mu.device):
+    if _compiled(mu):
         z, kl = _reparam_kl_op(mu, logvar, state, n_samples)
     else:
         z, kl = _ref.reparameterize_with_kl(mu, logvar, state, n_samples)
@@ -174,7 +186,7 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor |
         prior_mu = zero if prior_mu is None else prior_mu
         prior_logvar = zero if prior_logvar is None else prior_logvar
     elementwise = free_bits > 0
-    if _backend.use_compiled(mu.device):
+    if _compiled(mu):
         kl = _kl_op(mu, logvar, prior_mu, prior_logvar, elementwise)
     else:
         kl = _ref.gaussian_kl(mu, logvar, prior_mu, prior_logvar, elementwise)
@@ -207,7 +219,7 @@ def bernoulli_log_prob(logits: torch.Tensor, target: torch.Tensor, *, event_dims
     if target.shape != logits.shape and _broadcast(op, ("logits", "target"), (logits, target)) != logits.shape:
         _fail(op, f"target of shape {tuple(target.shape)} must broadcast to logits' shape {tuple(logits.shape)}")
     _check_reduction(op, reduction)
-    if _backend.use_compiled(logits.device):
+    if _compiled(logits):
         out = _bernoulli_op(logits, target, event_dims)
     else:
         out = _ref.bernoulli_log_prob(logits, target, event_dims)
