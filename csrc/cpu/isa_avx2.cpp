@@ -9,9 +9,14 @@
 #include "kernels.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #define VAE_HAVE_FMA 1
+#define VAE_PHILOX_X8 1
 #define VAE_CPU_ISA isa_avx2
 #define VAE_CPU_ISA_NAME "avx2"
 #include "kernels_impl.h"

@@ -10,6 +10,9 @@
 // Requires, before inclusion: <cstdint>, <cstring>, <cmath>, kernels.h, and VAE_CPU_ISA defined.
 
 #include "../vae_math.h"
+#if defined(VAE_PHILOX_X8)
+#include "philox_avx2.h"
+#endif
 
 namespace vaecuda {
 namespace cpu {
@@ -86,10 +89,13 @@ inline bool contiguous_rows(const RowView& v) { return v.col_stride == 1; }
 // ---------------------------------------------------------------------------------------------------
 // Standard normals of flat elements [first, first + count), count <= kBlock.
 void normals_block(uint64_t seed, uint64_t offset, int64_t first, int64_t count, float* out) {
-  constexpr int kGroups = kBlock / 4 + 2;
+  constexpr int kGroups = kBlock / 4 + 8;  // a block spans at most kBlock / 4 + 2 groups; room for x8
   const uint64_t g0 = static_cast<uint64_t>(first) >> 2;
   const int64_t ng = ((first + count + 3) >> 2) - static_cast<int64_t>(g0);
   uint32_t wa[2 * kGroups], wb[2 * kGroups];
+#if defined(VAE_PHILOX_X8)
+  philox_words_x8(seed, offset, g0, ng, wa, wb);
+#else
   for (int64_t i = 0; i < ng; ++i) {
     const U32x4 w = philox_group(seed, offset, g0 + static_cast<uint64_t>(i));
     wa[2 * i] = w.x;
@@ -97,6 +103,7 @@ void normals_block(uint64_t seed, uint64_t offset, int64_t first, int64_t count,
     wa[2 * i + 1] = w.z;
     wb[2 * i + 1] = w.w;
   }
+#endif
   float tmp[4 * kGroups];
   for (int64_t p = 0; p < 2 * ng; ++p) {
     const F2 v = box_muller(wa[p], wb[p]);
