@@ -75,6 +75,7 @@ inline std::pair<RowView, at::Tensor> make_row_view(const at::Tensor& t, at::Int
       }
     }
     if (static_cast<int64_t>(dims.size()) > kMaxRowDims) return false;
+    if (inner < 0) col_stride = 1;  // one column: any stride addresses it; 1 keeps the contiguous paths
     v = RowView{};
     v.ndim = static_cast<int32_t>(dims.size());
     for (size_t d = 0; d < dims.size(); ++d) {

@@ -86,6 +86,11 @@ inline auto at(const T* p, int64_t j, int64_t stride) -> decltype(to_acc(p[0])) 
 
 inline bool contiguous_rows(const RowView& v) { return v.col_stride == 1; }
 
+// Rows packed back to back (row r at r * cols): a group of short rows is one contiguous range.
+inline bool packed_rows(const RowView& v, int64_t cols, int64_t rows) {
+  return v.col_stride == 1 && ((v.ndim == 1 && v.strides[0] == cols) || rows <= 1);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Standard normals of flat elements [first, first + count), count <= kBlock.
 void normals_block(uint64_t seed, uint64_t offset, int64_t first, int64_t count, float* out) {
@@ -191,6 +196,37 @@ void reparam_rows(const ReparamArgs& a, int64_t r0, int64_t r1) {
   float eps[kBlock];
   T* z = static_cast<T*>(a.z);
   const int64_t plane = a.rows * a.cols;  // elements per sample
+  if (RowContig && a.cols < kBlock && packed_rows(a.v_mu, a.cols, a.rows) &&
+      packed_rows(a.v_logvar, a.cols, a.rows)) {
+    // Short packed rows (latent widths): whole groups of rows per block, so the noise is generated
+    // in long vector runs. Same arithmetic, and the same lane order per row, as the general path.
+    const int64_t per_group = kBlock / a.cols;
+    for (int64_t rb = r0; rb < r1; rb += per_group) {
+      const int64_t nr = r1 - rb < per_group ? r1 - rb : per_group;
+      const int64_t n = nr * a.cols, e0 = rb * a.cols;
+      const T* mu = static_cast<const T*>(a.mu) + e0;
+      const T* lv = static_cast<const T*>(a.logvar) + e0;
+      for (int64_t j = 0; j < n; ++j) {
+        const A l = to_acc(lv[j]);
+        m[j] = to_acc(mu[j]);
+        sd[j] = std_from_logvar(l);
+        if (WithKL) tmp[j] = kl_std_normal(m[j], l);
+      }
+      for (int64_t k = 0; k < a.samples; ++k) {
+        const int64_t first = k * plane + e0;
+        normals_block(a.seed, a.offset, first, n, eps);
+        for (int64_t j = 0; j < n; ++j) z[first + j] = from_acc<T>(m[j] + sd[j] * static_cast<A>(eps[j]));
+      }
+      if (WithKL) {
+        for (int64_t i = 0; i < nr; ++i) {
+          LaneSum<A> sum;
+          sum.add(tmp + i * a.cols, a.cols);
+          static_cast<A*>(a.kl)[rb + i] = sum.total();
+        }
+      }
+    }
+    return;
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const T* mu = static_cast<const T*>(a.mu) + a.v_mu.row_offset(r);
     const T* lv = static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r);
@@ -224,6 +260,43 @@ void reparam_backward_rows(const ReparamBackwardArgs& b, int64_t r0, int64_t r1)
   const int64_t plane = a.rows * a.cols;
   T* dmu = static_cast<T*>(b.d_mu);
   T* dlv = static_cast<T*>(b.d_logvar);
+  if (RowContig && a.cols < kBlock && packed_rows(a.v_mu, a.cols, a.rows) &&
+      packed_rows(a.v_logvar, a.cols, a.rows) &&
+      (!b.grad_z || packed_rows(b.v_grad_z, a.cols, a.rows * a.samples))) {
+    // Short packed rows: groups of rows per block, as in reparam_rows; same arithmetic per element.
+    A gk[kBlock];
+    const int64_t per_group = kBlock / a.cols;
+    for (int64_t rb = r0; rb < r1; rb += per_group) {
+      const int64_t nr = r1 - rb < per_group ? r1 - rb : per_group;
+      const int64_t n = nr * a.cols, e0 = rb * a.cols;
+      for (int64_t j = 0; j < n; ++j) gsum[j] = gse[j] = A(0);
+      if (b.grad_z) {
+        for (int64_t k = 0; k < a.samples; ++k) {
+          const T* gz = static_cast<const T*>(b.grad_z) + k * plane + e0;
+          for (int64_t j = 0; j < n; ++j) gsum[j] += to_acc(gz[j]);
+          if (dlv) {
+            normals_block(a.seed, a.offset, k * plane + e0, n, eps);
+            for (int64_t j = 0; j < n; ++j) gse[j] += to_acc(gz[j]) * static_cast<A>(eps[j]);
+          }
+        }
+      }
+      for (int64_t i = 0; i < nr; ++i) {
+        const A g = b.grad_kl ? static_cast<const A*>(b.grad_kl)[b.v_grad_kl.row_offset(rb + i)] : A(0);
+        for (int64_t j = 0; j < a.cols; ++j) gk[i * a.cols + j] = g;
+      }
+      const T* mu = static_cast<const T*>(a.mu) + e0;
+      const T* lv = static_cast<const T*>(a.logvar) + e0;
+      for (int64_t j = 0; j < n; ++j) {
+        const A m = to_acc(mu[j]);
+        const A l = to_acc(lv[j]);
+        A kl_dmu, kl_dlv;
+        kl_std_normal_grad(m, l, gk[j], kl_dmu, kl_dlv);
+        if (dmu) dmu[e0 + j] = from_acc<T>(gsum[j] + kl_dmu);
+        if (dlv) dlv[e0 + j] = from_acc<T>(gse[j] * A(0.5) * std_from_logvar(l) + kl_dlv);
+      }
+    }
+    return;
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const T* mu = static_cast<const T*>(a.mu) + a.v_mu.row_offset(r);
     const T* lv = static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r);
