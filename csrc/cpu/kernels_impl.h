@@ -249,13 +249,45 @@ void reparam_rows(const ReparamArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
+// The last step of the sampling backward for n elements: d mu = gsum (+ the KL's), d logvar =
+// gse sd / 2 (+ the KL's). Branch-free loops per output, so they vectorize; the KL terms only
+// when a KL gradient came back (gk null otherwise).
+template <typename T, bool RowContig, typename A>
+inline void reparam_grads_out(const T* mu, int64_t s_mu, const T* lv, int64_t s_lv, const A* gsum, const A* gse,
+                              const A* gk, int64_t n, T* dmu, T* dlv) {
+  if (dmu) {
+    if (gk) {
+      for (int64_t j = 0; j < n; ++j) {
+        A kl_dmu, kl_dlv;
+        kl_std_normal_grad(at<RowContig>(mu, j, s_mu), at<RowContig>(lv, j, s_lv), gk[j], kl_dmu, kl_dlv);
+        dmu[j] = from_acc<T>(gsum[j] + kl_dmu);
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) dmu[j] = from_acc<T>(gsum[j]);
+    }
+  }
+  if (dlv) {
+    if (gk) {
+      for (int64_t j = 0; j < n; ++j) {
+        const A l = at<RowContig>(lv, j, s_lv);
+        A kl_dmu, kl_dlv;
+        kl_std_normal_grad(at<RowContig>(mu, j, s_mu), l, gk[j], kl_dmu, kl_dlv);
+        dlv[j] = from_acc<T>(gse[j] * A(0.5) * std_from_logvar(l) + kl_dlv);
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j)
+        dlv[j] = from_acc<T>(gse[j] * A(0.5) * std_from_logvar(at<RowContig>(lv, j, s_lv)));
+    }
+  }
+}
+
 // d mu = sum_k gz_k (+ gkl mu); d logvar = sum_k gz_k eps_k sd / 2 (+ gkl (e^lv - 1) / 2).
 // eps is regenerated only when d logvar is wanted.
 template <typename T, bool RowContig>
 void reparam_backward_rows(const ReparamBackwardArgs& b, int64_t r0, int64_t r1) {
   using A = typename Acc<T>::type;
   const ReparamArgs& a = b.in;
-  A gsum[kBlock], gse[kBlock];
+  A gsum[kBlock], gse[kBlock], gk[kBlock];
   float eps[kBlock];
   const int64_t plane = a.rows * a.cols;
   T* dmu = static_cast<T*>(b.d_mu);
@@ -264,7 +296,6 @@ void reparam_backward_rows(const ReparamBackwardArgs& b, int64_t r0, int64_t r1)
       packed_rows(a.v_logvar, a.cols, a.rows) &&
       (!b.grad_z || packed_rows(b.v_grad_z, a.cols, a.rows * a.samples))) {
     // Short packed rows: groups of rows per block, as in reparam_rows; same arithmetic per element.
-    A gk[kBlock];
     const int64_t per_group = kBlock / a.cols;
     for (int64_t rb = r0; rb < r1; rb += per_group) {
       const int64_t nr = r1 - rb < per_group ? r1 - rb : per_group;
@@ -280,20 +311,14 @@ void reparam_backward_rows(const ReparamBackwardArgs& b, int64_t r0, int64_t r1)
           }
         }
       }
-      for (int64_t i = 0; i < nr; ++i) {
-        const A g = b.grad_kl ? static_cast<const A*>(b.grad_kl)[b.v_grad_kl.row_offset(rb + i)] : A(0);
-        for (int64_t j = 0; j < a.cols; ++j) gk[i * a.cols + j] = g;
-      }
-      const T* mu = static_cast<const T*>(a.mu) + e0;
-      const T* lv = static_cast<const T*>(a.logvar) + e0;
-      for (int64_t j = 0; j < n; ++j) {
-        const A m = to_acc(mu[j]);
-        const A l = to_acc(lv[j]);
-        A kl_dmu, kl_dlv;
-        kl_std_normal_grad(m, l, gk[j], kl_dmu, kl_dlv);
-        if (dmu) dmu[e0 + j] = from_acc<T>(gsum[j] + kl_dmu);
-        if (dlv) dlv[e0 + j] = from_acc<T>(gse[j] * A(0.5) * std_from_logvar(l) + kl_dlv);
-      }
+      if (b.grad_kl)
+        for (int64_t i = 0; i < nr; ++i) {
+          const A g = static_cast<const A*>(b.grad_kl)[b.v_grad_kl.row_offset(rb + i)];
+          for (int64_t j = 0; j < a.cols; ++j) gk[i * a.cols + j] = g;
+        }
+      reparam_grads_out<T, true>(static_cast<const T*>(a.mu) + e0, 1, static_cast<const T*>(a.logvar) + e0, 1,
+                                 gsum, gse, b.grad_kl ? gk : nullptr, n, dmu ? dmu + e0 : nullptr,
+                                 dlv ? dlv + e0 : nullptr);
     }
     return;
   }
@@ -315,14 +340,12 @@ void reparam_backward_rows(const ReparamBackwardArgs& b, int64_t r0, int64_t r1)
         }
       }
       const int64_t o = r * a.cols + c0;
-      for (int64_t j = 0; j < n; ++j) {
-        const A m = at<RowContig>(mu, c0 + j, a.v_mu.col_stride);
-        const A l = at<RowContig>(lv, c0 + j, a.v_logvar.col_stride);
-        A kl_dmu, kl_dlv;
-        kl_std_normal_grad(m, l, gkl, kl_dmu, kl_dlv);
-        if (dmu) dmu[o + j] = from_acc<T>(gsum[j] + kl_dmu);
-        if (dlv) dlv[o + j] = from_acc<T>(gse[j] * A(0.5) * std_from_logvar(l) + kl_dlv);
-      }
+      if (b.grad_kl)
+        for (int64_t j = 0; j < n; ++j) gk[j] = gkl;
+      const int64_t s_mu = a.v_mu.col_stride, s_lv = a.v_logvar.col_stride;
+      reparam_grads_out<T, RowContig>(mu + (RowContig ? c0 : c0 * s_mu), s_mu, lv + (RowContig ? c0 : c0 * s_lv),
+                                      s_lv, gsum, gse, b.grad_kl ? gk : nullptr, n, dmu ? dmu + o : nullptr,
+                                      dlv ? dlv + o : nullptr);
     });
   }
 }
