@@ -157,32 +157,33 @@ template <typename T, bool Prior, bool RowContig, bool GradPerElement>
 void kl_backward_rows(const KLBackwardArgs& b, int64_t r0, int64_t r1) {
   using A = typename Acc<T>::type;
   const KLArgs& a = b.in;
+  A gm[kBlock], gl[kBlock], gpm[kBlock], gpl[kBlock];
+  T* outs[4] = {static_cast<T*>(b.d_mu), static_cast<T*>(b.d_logvar), static_cast<T*>(b.d_prior_mu),
+                static_cast<T*>(b.d_prior_logvar)};
+  const A* grads[4] = {gm, gl, gpm, gpl};
   for (int64_t r = r0; r < r1; ++r) {
     const T* mu = static_cast<const T*>(a.mu) + a.v_mu.row_offset(r);
     const T* lv = static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r);
     const T* pm = Prior ? static_cast<const T*>(a.prior_mu) + a.v_prior_mu.row_offset(r) : nullptr;
     const T* pl = Prior ? static_cast<const T*>(a.prior_logvar) + a.v_prior_logvar.row_offset(r) : nullptr;
     const A* g = static_cast<const A*>(b.grad) + b.v_grad.row_offset(r);
-    const int64_t o = r * a.cols;
-    T* dmu = static_cast<T*>(b.d_mu);
-    T* dlv = static_cast<T*>(b.d_logvar);
-    T* dpm = static_cast<T*>(b.d_prior_mu);
-    T* dpl = static_cast<T*>(b.d_prior_logvar);
-    for (int64_t j = 0; j < a.cols; ++j) {
-      const A gj = GradPerElement ? at<RowContig>(g, j, b.v_grad.col_stride) : g[0];
-      const A m = at<RowContig>(mu, j, a.v_mu.col_stride);
-      const A l = at<RowContig>(lv, j, a.v_logvar.col_stride);
-      A gm, gl, gpm = A(0), gpl = A(0);
-      if (Prior)
-        kl_normal_grad(m, l, at<RowContig>(pm, j, a.v_prior_mu.col_stride),
-                       at<RowContig>(pl, j, a.v_prior_logvar.col_stride), gj, gm, gl, gpm, gpl);
-      else
-        kl_std_normal_grad(m, l, gj, gm, gl);
-      if (dmu) dmu[o + j] = from_acc<T>(gm);
-      if (dlv) dlv[o + j] = from_acc<T>(gl);
-      if (Prior && dpm) dpm[o + j] = from_acc<T>(gpm);
-      if (Prior && dpl) dpl[o + j] = from_acc<T>(gpl);
-    }
+    for_each_block(a.cols, [&](int64_t c0, int64_t n) {
+      // all gradients of the block in one branch-free loop, then a store loop per wanted output
+      for (int64_t j = c0; j < c0 + n; ++j) {
+        const A gj = GradPerElement ? at<RowContig>(g, j, b.v_grad.col_stride) : g[0];
+        const A m = at<RowContig>(mu, j, a.v_mu.col_stride);
+        const A l = at<RowContig>(lv, j, a.v_logvar.col_stride);
+        if (Prior)
+          kl_normal_grad(m, l, at<RowContig>(pm, j, a.v_prior_mu.col_stride),
+                         at<RowContig>(pl, j, a.v_prior_logvar.col_stride), gj, gm[j - c0], gl[j - c0],
+                         gpm[j - c0], gpl[j - c0]);
+        else
+          kl_std_normal_grad(m, l, gj, gm[j - c0], gl[j - c0]);
+      }
+      for (int i = 0; i < (Prior ? 4 : 2); ++i)
+        if (outs[i])
+          for (int64_t j = 0; j < n; ++j) outs[i][r * a.cols + c0 + j] = from_acc<T>(grads[i][j]);
+    });
   }
 }
 
