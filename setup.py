@@ -56,12 +56,14 @@ def cuda_plan(torch, cpp_extension, cu_sources):
     problems = []
     if not cu_sources:
         problems.append("csrc/cuda holds no .cu kernels")
+    cuda_home = nvcc = None
     if torch.version.cuda is None:
         problems.append(f"torch {torch.__version__} is a CPU-only build")
-    cuda_home = cpp_extension.CUDA_HOME
-    nvcc = nvcc_version(cuda_home) if cuda_home else None
-    if nvcc is None:
-        problems.append("nvcc was not found (set CUDA_HOME)")
+    else:
+        cuda_home = cpp_extension.CUDA_HOME
+        nvcc = nvcc_version(cuda_home) if cuda_home else None
+        if nvcc is None:
+            problems.append(f"nvcc was not found under CUDA_HOME={cuda_home} (set CUDA_HOME to the toolkit)")
     if not problems:
         torch_major = int(torch.version.cuda.split(".")[0])
         if nvcc[0] != torch_major:

@@ -36,6 +36,7 @@ ReparamProblem reparam_problem(const at::Tensor& mu, const at::Tensor& logvar, c
   } else {
     TORCH_CHECK(rng_state.scalar_type() == at::kLong && rng_state.numel() == 2,
                 "vaecuda: rng_state must be an int64 tensor of two elements (seed, offset)");
+    TORCH_CHECK(rng_state.is_contiguous(), "vaecuda: rng_state must be contiguous");
     a.rng_state = rng_state.data_ptr<int64_t>();  // read by the kernel on the device
   }
   auto [vm, hm] = make_row_view(mu, p.full, 1);
@@ -128,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_backward(const std::optional<a
 }
 
 // The standard normals of flat elements [first, first + count) of the stream in rng_state, as
-// float32: the noise the sampling kernels use, exposed for tests.
+// float32: the noise the sampling kernels use, exposed for tests (CPU here, CUDA below).
 at::Tensor normals(const at::Tensor& rng_state, int64_t first, int64_t count) {
   TORCH_CHECK(first >= 0 && count >= 0, "vaecuda: first and count must be >= 0");
   TORCH_CHECK(rng_state.is_cpu(), "vaecuda: _normals runs on the CPU");
@@ -137,6 +138,20 @@ at::Tensor normals(const at::Tensor& rng_state, int64_t first, int64_t count) {
   cpu::normals(seed, offset, first, count, out.data_ptr<float>());
   return out;
 }
+
+#if defined(VAECUDA_WITH_CUDA)
+at::Tensor normals_cuda(const at::Tensor& rng_state, int64_t first, int64_t count) {
+  TORCH_CHECK(first >= 0 && count >= 0, "vaecuda: first and count must be >= 0");
+  TORCH_CHECK(rng_state.scalar_type() == at::kLong && rng_state.numel() == 2,
+              "vaecuda: rng_state must be an int64 tensor of two elements (seed, offset)");
+  c10::DeviceGuard guard(rng_state.device());
+  const at::Tensor state = rng_state.contiguous();
+  at::Tensor out = at::empty({count}, rng_state.options().dtype(at::kFloat));
+  cuda::normals(state.data_ptr<int64_t>(), first, count, out.data_ptr<float>(),
+                c10::cuda::getCurrentCUDAStream(rng_state.device().index()).stream());
+  return out;
+}
+#endif
 
 }  // namespace
 
@@ -151,6 +166,7 @@ TORCH_LIBRARY_IMPL(vaecuda, CUDA, m) {
   m.impl("reparameterize", &reparameterize);
   m.impl("reparameterize_with_kl", &reparameterize_with_kl);
   m.impl("reparameterize_backward", &reparameterize_backward);
+  m.impl("_normals", &normals_cuda);
 }
 #endif
 

@@ -123,3 +123,12 @@ def test_rng_state_helper():
         vaecuda.rng_state(2**64)
     with pytest.raises(TypeError, match="offset must be an int"):
         vaecuda.rng_state(1, 0.5)
+    # a tensor is the state itself
+    state = torch.tensor([3, 4])
+    assert vaecuda.rng_state(state) is state
+    mu, lv = torch.randn(4, 5), torch.randn(4, 5)
+    assert torch.equal(vaecuda.reparameterize(mu, lv, seed=state), vaecuda.reparameterize(mu, lv, seed=3, offset=4))
+    with pytest.raises(TypeError, match="a seed tensor must be int64 of shape"):
+        vaecuda.rng_state(torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="the seed tensor is on cpu but the inputs are on meta"):
+        vaecuda.rng_state(state, device="meta")

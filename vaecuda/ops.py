@@ -110,12 +110,21 @@ def _check_n_samples(op: str, n_samples):
 
 # ---------------------------------------------------------------------------------------------------
 # randomness
-def rng_state(seed: int | None = None, offset: int = 0, device=None) -> torch.Tensor:
+def rng_state(seed: int | torch.Tensor | None = None, offset: int = 0, device=None) -> torch.Tensor:
     """The (seed, offset) pair that keys the sampling noise, as an int64 tensor of 2 on ``device``.
 
     ``seed=None`` draws both from torch's generator for that device (so ``torch.manual_seed``
     governs it, and a captured CUDA graph draws afresh on every replay); an int seed (any 64-bit
-    value) with an int offset gives the same noise on every run and device."""
+    value) with an int offset gives the same noise on every run and device. A tensor is taken as the
+    state itself (int64, two elements, on ``device``): made once, it can be captured in a CUDA graph
+    or updated in place between steps."""
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64 or seed.numel() != 2 or seed.dim() != 1:
+            raise TypeError(f"vaecuda.rng_state: a seed tensor must be int64 of shape (2,) (seed, offset), got "
+                            f"{seed.dtype} of shape {tuple(seed.shape)}")
+        if device is not None and seed.device != torch.device(device):
+            raise ValueError(f"vaecuda.rng_state: the seed tensor is on {seed.device} but the inputs are on {device}")
+        return seed
     if seed is None:
         return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
     for name, v in (("seed", seed), ("offset", offset)):
@@ -131,13 +140,14 @@ def rng_state(seed: int | None = None, offset: int = 0, device=None) -> torch.Te
 # ---------------------------------------------------------------------------------------------------
 # ops
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples: int | None = None,
-                   seed: int | None = None, offset: int = 0) -> torch.Tensor:
+                   seed: int | torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
     """Reparameterized sample z = mu + exp(logvar / 2) * eps, eps ~ N(0, 1), differentiable in mu and logvar.
 
     mu, logvar: ``[*batch, D]`` (broadcastable). Returns z in mu's dtype, shaped ``[*batch, D]``, or
     ``[n_samples, *batch, D]`` with ``n_samples=K`` (one read of mu/logvar for all K). eps is generated
     inside the kernel from Philox keyed by (seed, offset) and z's flat index, and regenerated in the
-    backward, never stored. ``seed=None`` draws the key from torch's generator (see ``rng_state``)."""
+    backward, never stored. ``seed=None`` draws the key from torch's generator; an int or an
+    int64 (seed, offset) tensor fixes it (see ``rng_state``)."""
     _check_latents("reparameterize", mu, logvar)
     _check_n_samples("reparameterize", n_samples)
     state = rng_state(seed, offset, mu.device)
@@ -147,7 +157,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples: int | N
 
 
 def reparameterize_with_kl(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples: int | None = None,
-                           seed: int | None = None, offset: int = 0, reduction: str = "none"):
+                           seed: int | torch.Tensor | None = None, offset: int = 0, reduction: str = "none"):
     """``(z, kl)`` from one pass: z as in ``reparameterize`` and KL(N(mu, e^logvar) || N(0, I)) summed
     over the last dim, per row ``[*batch]`` (``reduction="none"``), or summed / averaged over rows.
     kl is float32 (float64 for float64 inputs)."""

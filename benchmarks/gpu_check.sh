@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The CUDA path in one call on a bare GPU machine (torch, nvcc and ninja there, no network):
+# build from source, run the whole test suite with the CUDA tests enabled, run the GPU benchmark,
+# and print a short table last. Results land in $OUT (the device tool's folder) or benchmarks/results.
+#   bash benchmarks/gpu_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-benchmarks/results}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 VAECUDA_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+py=${PYTHON:-python3}
+
+echo "== device"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+echo "== build (from source, CUDA required)"
+start=$(date +%s)
+"$py" setup.py build_ext --inplace > "$out/gpu_build.log" 2>&1 || { tail -n 40 "$out/gpu_build.log"; exit 1; }
+grep "vaecuda build" "$out/gpu_build.log" || true
+echo "built in $(( $(date +%s) - start )) s"
+"$py" -c "import vaecuda, json; print(json.dumps(vaecuda.backend_info()['build']))"
+
+echo "== tests (CPU and CUDA)"
+xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
+"$py" -m pytest -q -p no:cacheprovider $xdist 2>&1 | tee "$out/gpu_tests.log" | tail -n 15
+
+echo "== benchmark (fwd+bwd, host time included)"
+"$py" benchmarks/bench_ops.py --device cuda --shapes small medium large --rounds 5 --out "$out" | tee "$out/gpu_bench.txt" | tail -n 32
