@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 
 #include "row_view.h"
 
@@ -75,5 +76,26 @@ struct BernoulliBackwardArgs {
   void* d_logits = nullptr;                        // contiguous [rows, cols] in logits dtype, or null
   void* d_target = nullptr;                        // contiguous [rows, cols] in target dtype, or null
 };
+
+// The dtype switch of every kernel entry point, CPU and CUDA: calls f with a value of the storage
+// type for t. Half and BFloat16 are the backend's 16-bit storage types.
+template <typename Half, typename BFloat16, typename F>
+void dispatch_float(Dtype t, F&& f) {
+  switch (t) {
+    case Dtype::f32: f(float{}); break;
+    case Dtype::f64: f(double{}); break;
+    case Dtype::f16: f(Half{}); break;
+    case Dtype::bf16: f(BFloat16{}); break;
+    default: throw std::invalid_argument("vaecuda: unsupported dtype for a kernel");  // validated before
+  }
+}
+// Targets: any float dtype, or uint8 (which bool tensors share).
+template <typename Half, typename BFloat16, typename F>
+void dispatch_target(Dtype t, F&& f) {
+  if (t == Dtype::u8)
+    f(uint8_t{});
+  else
+    dispatch_float<Half, BFloat16>(t, f);
+}
 
 }  // namespace vaecuda

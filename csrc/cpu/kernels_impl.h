@@ -396,23 +396,14 @@ void bernoulli_backward_rows(const BernoulliBackwardArgs& b, int64_t r0, int64_t
 }
 
 // ---------------------------------------------------------------------------------------------------
-// dtype dispatch: one switch per entry point, then a template instance per case.
+// dtype dispatch (kernel_args.h) with this backend's 16-bit storage types.
 template <typename F>
 void dispatch_float(Dtype t, F&& f) {
-  switch (t) {
-    case Dtype::f32: f(float{}); break;
-    case Dtype::f64: f(double{}); break;
-    case Dtype::f16: f(f16{}); break;
-    case Dtype::bf16: f(bf16{}); break;
-    default: break;  // validated on the torch side
-  }
+  ::vaecuda::dispatch_float<f16, bf16>(t, f);
 }
 template <typename F>
 void dispatch_target(Dtype t, F&& f) {
-  if (t == Dtype::u8)
-    f(uint8_t{});
-  else
-    dispatch_float(t, f);
+  ::vaecuda::dispatch_target<f16, bf16>(t, f);
 }
 
 void gaussian_kl(const KLArgs& a, int64_t r0, int64_t r1) {

@@ -70,22 +70,14 @@ inline unsigned int blocks_for(int64_t work, int64_t per_block) {
   return static_cast<unsigned int>(b < 1 ? 1 : (b > 65535 * 32 ? 65535 * 32 : b));  // grid-stride beyond
 }
 
+// dtype dispatch (kernel_args.h) with CUDA's 16-bit storage types.
 template <typename F>
 void dispatch_float(Dtype t, F&& f) {
-  switch (t) {
-    case Dtype::f32: f(float{}); break;
-    case Dtype::f64: f(double{}); break;
-    case Dtype::f16: f(__half{}); break;
-    case Dtype::bf16: f(__nv_bfloat16{}); break;
-    default: throw std::runtime_error("vaecuda: unsupported dtype for a CUDA kernel");
-  }
+  ::vaecuda::dispatch_float<__half, __nv_bfloat16>(t, f);
 }
 template <typename F>
 void dispatch_target(Dtype t, F&& f) {
-  if (t == Dtype::u8)
-    f(uint8_t{});
-  else
-    dispatch_float(t, f);
+  ::vaecuda::dispatch_target<__half, __nv_bfloat16>(t, f);
 }
 
 }  // namespace cuda
