@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The CUDA path in one call on a bare GPU machine (torch, nvcc and ninja there, no network):
-# build from source, run the whole test suite with the CUDA tests enabled, run the GPU benchmark,
-# and print a short table last. Results land in $OUT (the device tool's folder) or benchmarks/results.
-#   bash benchmarks/gpu_check.sh
+# build from source, run the whole test suite with the CUDA tests enabled, run the benchmark suite on
+# the GPU, and print a short table last. Results land in $OUT (the device tool's folder) or
+# benchmarks/results.
+#   bash benchmarks/gpu_check.sh            # quick suite
+#   SUITE=full bash benchmarks/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results}
@@ -25,5 +27,6 @@ echo "== tests (CPU and CUDA)"
 xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
 "$py" -m pytest -q -p no:cacheprovider $xdist 2>&1 | tee "$out/gpu_tests.log" | tail -n 15
 
-echo "== benchmark (fwd+bwd, host time included)"
-"$py" benchmarks/bench_ops.py --device cuda --shapes small medium large --rounds 5 --out "$out" | tee "$out/gpu_bench.txt" | tail -n 32
+echo "== benchmark suite on the GPU"
+"$py" -m vaecuda.bench --device cuda --suite "${SUITE:-quick}" --out "$out" 2>"$out/gpu_bench.err" \
+  | tee "$out/gpu_bench.txt" | tail -n 40

@@ -11,9 +11,10 @@ giving logits.
 ``ops`` picks who computes the loss math, with one model and one set of weights:
   "fused"      vaecuda's ops (compiled kernels, or the reference fallback: see vaecuda.backend_info());
   "reference"  vaecuda.reference: the same math and the same noise in plain torch ops;
-  "eager"      the usual PyTorch idiom (randn_like noise, binary_cross_entropy_with_logits).
-"fused" and "reference" draw the same noise for the same seed, so they train to the same numbers up
-to float rounding; "eager" is what the benchmarks compare against.
+  "eager"      the usual PyTorch idiom (randn noise, binary_cross_entropy_with_logits).
+All three draw the same noise for the same int seed (vaecuda's Philox stream), so they compute the
+same numbers up to float rounding; with ``seed=None`` "eager" draws torch.randn, as a training loop
+written without vaecuda does (that is what the benchmarks compare against).
 """
 
 from __future__ import annotations
@@ -43,9 +44,17 @@ def _sample_with_kl(ops: str, mu, logvar, n_samples=None, seed=None):
     if ops == "reference":
         return _ref.reparameterize_with_kl(mu, logvar, _ops.rng_state(seed, device=mu.device), n_samples)
     shape = mu.shape if n_samples is None else (n_samples, *mu.shape)
-    eps = torch.randn(shape, dtype=mu.dtype, device=mu.device)
+    if seed is None:
+        eps = torch.randn(shape, dtype=mu.dtype, device=mu.device)
+    else:  # a fixed seed means vaecuda's noise, so the three can be compared value for value
+        eps = _fixed_noise(seed, shape, mu)
     z = mu + torch.exp(0.5 * logvar) * eps
     return z, 0.5 * (torch.exp(logvar) + mu * mu - 1.0 - logvar).sum(-1)
+
+
+@torch.compiler.disable  # made eagerly: torch.compile of the Philox reference is slow and not the point
+def _fixed_noise(seed, shape, like: torch.Tensor) -> torch.Tensor:
+    return _ref.normals(_ops.rng_state(seed, device=like.device), 0, math.prod(shape)).reshape(shape).to(like.dtype)
 
 
 def _log_px(ops: str, logits, x, event_dims: int):

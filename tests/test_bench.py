@@ -1,0 +1,115 @@
+"""The benchmark harness (python -m vaecuda.bench): byte counts, the value check that refuses a
+benchmark of disagreeing providers, the result files. No timing is asserted."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from vaecuda.bench import __main__ as bench
+from vaecuda.bench import harness, report, workloads
+from vaecuda.bench.workloads import Case
+
+
+def test_min_bytes():
+    d = dict(B=2, D=3, P=5)
+    lat, pix, row = 2 * 3 * 4, 2 * 5 * 4, 2 * 4
+    assert workloads.min_bytes("kl", "fwd", d, 4) == 2 * lat + row
+    assert workloads.min_bytes("kl", "fwd+bwd", d, 4) == 2 * lat + row + row + 4 * lat
+    assert workloads.min_bytes("sample", "fwd+bwd", d, 4) == 3 * lat + 4 * lat
+    assert workloads.min_bytes("bernoulli", "fwd+bwd", d, 4) == 2 * pix + row + row + 3 * pix
+    k = dict(d, K=7)  # K samples: z and logits K times, mu/logvar and the target once
+    assert workloads.min_bytes("sample", "fwd", k, 2) == 2 * (lat // 2) + 7 * (lat // 2)
+    assert workloads.min_bytes("bernoulli", "fwd", k, 4) == 7 * pix + pix + row
+    assert workloads.min_bytes("head", "fwd", d, 4) == (workloads.min_bytes("sample+kl", "fwd", d, 4)
+                                                       + workloads.min_bytes("bernoulli", "fwd", d, 4))
+    assert workloads.min_bytes("train/mlp", "step", d, 4) is None
+
+
+def _case(bad_output=False, bad_grad=False):
+    x = torch.randn(4, 3, requires_grad=True)
+
+    def broken(fixed):
+        y = x * 2 + (1.0 if bad_output else 0.0)
+        return (y + (x * x - x * x.detach() if bad_grad else 0.0),)
+    return Case("toy", "tiny", "fwd+bwd", {"B": 4, "D": 3}, {"eager": lambda fixed: (x * 2,), "mine": broken},
+                {"eager": [x], "mine": [x]}, (torch.ones(4, 3),))
+
+
+def test_check_refuses_mismatch():
+    harness.check_case(_case(), torch.float32)  # agreeing providers pass
+    with pytest.raises(harness.ProviderMismatch, match="mine and eager disagree on output 0"):
+        harness.check_case(_case(bad_output=True), torch.float32)
+    with pytest.raises(harness.ProviderMismatch, match="disagree on gradient 0"):
+        harness.check_case(_case(bad_grad=True), torch.float32)
+
+
+@pytest.fixture
+def tiny_shapes(monkeypatch):
+    for name, dims in TINY.items():
+        monkeypatch.setitem(workloads.ALL_SHAPES, name, dims)
+
+
+TINY = {"tiny": dict(B=5, D=3, P=7), "tiny-k": dict(B=5, D=3, P=7, K=4)}
+
+
+@pytest.mark.parametrize("op,shape", [(op, s) for s in TINY for op in workloads.OPS
+                                      if workloads.applicable(op, TINY[s])])
+def test_every_provider_agrees(tiny_shapes, op, shape):
+    """The workloads are right: eager, torch.compile and vaecuda give the same values and gradients."""
+    case = workloads.op_case(op, shape, "fwd+bwd", torch.device("cpu"), torch.float32, cuda_extras=False)
+    assert set(case.providers) == {"eager", "compile", "vaecuda"}
+    harness.check_case(case, torch.float32)
+
+
+def test_train_step_providers_agree():
+    case = workloads.train_case("mlp", torch.device("cpu"), torch.float32)
+    harness.check_case(case, torch.float32)
+    measured = harness.time_case(case, torch.device("cpu"), rounds=1, target_s=1e-4)
+    assert set(measured) == {"eager", "compile", "vaecuda"} and "compile_s" in measured["compile"]
+
+
+def test_rows_and_table():
+    case = Case("kl", "tiny", "fwd+bwd", {"B": 4, "D": 3}, {}, {}, (), min_bytes=1000)
+    measured = {"eager": {"median_us": 30.0, "p20_us": 29.0, "p80_us": 31.0},
+                "compile": {"median_us": 20.0, "p20_us": 19.0, "p80_us": 21.0},
+                "vaecuda": {"median_us": 10.0, "p20_us": 9.0, "p80_us": 11.0}}
+    rows = report.rows_of(case, measured, copy_gbps=0.5, dtype="float32")
+    mine = next(r for r in rows if r["provider"] == "vaecuda")
+    assert mine["speedup_vs_eager"] == 3.0 and mine["speedup_vs_compile"] == 2.0
+    assert mine["GBps"] == pytest.approx(0.1) and mine["copy_fraction"] == pytest.approx(0.2)
+    text = report.tables(rows)
+    assert "3.00" in text and "2.00" in text
+
+
+def test_plan_skips_what_a_shape_lacks():
+    args = bench.parse(["--device", "cpu", "--shapes", "xlarge", "iwae", "--train"])
+    todo = bench.plan(args)
+    works = {(shape, name) for _, name, shape, _, _ in todo}
+    assert ("xlarge", "bernoulli") not in works and ("xlarge", "kl") in works
+    assert ("iwae", "head") not in works and ("iwae", "bernoulli") in works
+
+
+def test_main_writes_results(tmp_path, capsys):
+    rc = bench.main(["--device", "cpu", "--shapes", "small", "--ops", "kl", "--modes", "fwd", "--train",
+                     "--rounds", "1", "--target-ms", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "bench_cpu_quick.json").read_text())
+    assert {"date", "machine", "torch", "vaecuda", "git", "copy_GBps"} <= set(data["meta"])
+    providers = {r["provider"] for r in data["rows"]}
+    assert {"eager", "compile", "vaecuda", "x * 2", "vaecuda _scale", "custom_op _scale"} == providers
+    with open(tmp_path / "bench_cpu_quick.csv") as f:
+        body = [line for line in f if not line.startswith("#")]
+    assert len(list(csv.DictReader(body))) == len(data["rows"])
+    png = tmp_path / "bench_cpu_quick.png"
+    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+    assert "×eager" in capsys.readouterr().out
+
+
+def test_main_refuses_wrong_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(workloads, "eager_kl", lambda mu, lv: 1.001 * (0.5 * (lv.exp() + mu * mu - 1 - lv)).sum(-1))
+    rc = bench.main(["--device", "cpu", "--shapes", "small", "--ops", "kl", "--modes", "fwd", "--train",
+                     "--no-binding", "--rounds", "1", "--target-ms", "1", "--out", str(tmp_path)])
+    assert rc == 1
+    assert "refusing to benchmark small/kl/fwd" in capsys.readouterr().err

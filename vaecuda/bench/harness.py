@@ -1,0 +1,183 @@
+"""Checking and timing a Case: values first (a benchmark of wrong results is refused), then interleaved
+timed rounds of every provider, and the measurements that go with them."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from .workloads import Case
+
+
+class ProviderMismatch(RuntimeError):
+    """Providers disagree on the values of a case: its timings would compare different work."""
+
+
+def tolerance(dtype: torch.dtype) -> dict:
+    if dtype == torch.float64:
+        return dict(rtol=1e-7, atol=1e-7)
+    if dtype == torch.float32:
+        return dict(rtol=1e-4, atol=1e-3)
+    return dict(rtol=3e-2, atol=3e-2)  # eager rounds each intermediate to 16 bits; vaecuda does not
+
+
+def results_of(case: Case, provider: str):
+    """Outputs (and, when the case has a backward, gradients) of one provider with the fixed noise."""
+    if case.mode == "fwd":
+        with torch.no_grad():
+            return tuple(o.detach() for o in case.providers[provider](True)), ()
+    with torch.enable_grad():
+        outs = case.providers[provider](True)
+        grads = torch.autograd.grad(outs, case.wrt[provider], case.grads_out or None, allow_unused=True)
+    return tuple(o.detach() for o in outs), tuple(g for g in grads if g is not None)
+
+
+def check_case(case: Case, dtype: torch.dtype):
+    """Raise ProviderMismatch unless every provider's values and gradients match the first provider's
+    (eager PyTorch, where there is one) within the dtype's tolerance."""
+    tol = tolerance(dtype)
+    reference = next(iter(case.providers))
+    first_calls = {}
+    results = {}
+    for name in case.providers:  # the first calls compile, for compiled providers: timed apart
+        t = time.perf_counter()
+        results[name] = results_of(case, name)
+        first_calls[name] = time.perf_counter() - t
+    want_outs, want_grads = results[reference]
+    for name, (outs, grads) in results.items():
+        if name == reference:
+            continue
+        what = [("output", i, a, b) for i, (a, b) in enumerate(zip(outs, want_outs))]
+        what += [("gradient", i, a, b) for i, (a, b) in enumerate(zip(grads, want_grads))]
+        if len(outs) != len(want_outs) or len(grads) != len(want_grads):
+            raise ProviderMismatch(f"refusing to benchmark {case.key}: {name} returns {len(outs)} outputs and "
+                                   f"{len(grads)} gradients, {reference} {len(want_outs)} and {len(want_grads)}")
+        for kind, i, a, b in what:
+            try:
+                torch.testing.assert_close(a.float(), b.float(), **tol)
+            except AssertionError as e:
+                raise ProviderMismatch(f"refusing to benchmark {case.key}: {name} and {reference} disagree on "
+                                       f"{kind} {i}\n{e}") from None
+    return first_calls
+
+
+def make_step(case: Case, provider: str):
+    """The timed unit: one call (forward, and backward when the case has one) as a training loop runs it."""
+    if provider in case.steps:
+        return case.steps[provider]
+    forward, wrt, grads_out = case.providers[provider], case.wrt[provider], case.grads_out
+    if case.mode == "fwd":
+        def step():
+            with torch.no_grad():
+                forward(False)
+    else:
+        def step():
+            torch.autograd.grad(forward(False), wrt, grads_out)
+    return step
+
+
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def quantile(xs, q: float) -> float:
+    xs = sorted(xs)
+    pos = q * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def time_case(case: Case, device: torch.device, rounds: int, target_s: float, first_calls=None) -> dict:
+    """Per-provider measurements: host-inclusive µs per step (a loop of calls, then one sync, in
+    `rounds` interleaved rounds so a noisy machine slows every provider alike), the time of compiled
+    providers' first calls (`first_calls`: those of the check) kept apart as compile time,
+    and on CUDA device µs (events around single steps after an L2 flush), peak memory and kernel
+    launches per step."""
+    names = list(case.providers) + [s for s in case.steps if s not in case.providers]
+    steps = {name: make_step(case, name) for name in names}
+    out = {name: {} for name in names}
+    loops = {}
+    for name, step in steps.items():
+        sync(device)
+        t = time.perf_counter()
+        step()  # compiles, for compiled providers
+        sync(device)
+        first = time.perf_counter() - t
+        for _ in range(2):
+            step()
+        sync(device)
+        t = time.perf_counter()
+        step()
+        sync(device)
+        once = max(time.perf_counter() - t, 1e-7)
+        loops[name] = max(2, min(10_000, int(target_s / once)))
+        if name in case.compiled:  # compiling for the check's fixed noise, then for the timed steps
+            out[name]["compile_s"] = round(first + (first_calls or {}).get(name, 0.0), 3)
+    samples = {name: [] for name in names}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            n = loops[name]
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(n):
+                step()
+            sync(device)
+            samples[name].append((time.perf_counter() - t) / n * 1e6)
+    for name, xs in samples.items():
+        out[name].update(median_us=statistics.median(xs), p20_us=quantile(xs, 0.2), p80_us=quantile(xs, 0.8))
+        if device.type == "cuda":
+            out[name].update(_cuda_extras(steps[name], device))
+    return out
+
+
+_FLUSH = {}
+
+
+def _cuda_extras(step, device, reps: int = 20) -> dict:
+    """Device time per step (events around one step, L2 flushed before each), peak memory above what
+    was allocated before the step, and kernels launched by one step."""
+    if device not in _FLUSH:  # bigger than any L2 (H100: 50 MB, H200: 60 MB)
+        _FLUSH[device] = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+    flush = _FLUSH[device]
+    times = []
+    for _ in range(reps):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    sync(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    sync(device)
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        sync(device)
+    kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return {"device_us": statistics.median(times), "device_p20_us": quantile(times, 0.2),
+            "device_p80_us": quantile(times, 0.8), "peak_MB": round(peak, 3), "launches": kernels}
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, reps: int = 10) -> float:
+    """GB/s of a device-to-device copy (bytes read + bytes written), measured now on this device."""
+    src = torch.empty(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    sync(device)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        ts.append(time.perf_counter() - t)
+    return 2 * nbytes / statistics.median(ts) / 1e9
