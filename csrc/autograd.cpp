@@ -161,37 +161,40 @@ std::tuple<Tensor, Tensor> reparameterize_backward_autograd(const OptTensor& gra
 }
 
 // ---------------------------------------------------------------------------------------------------
-using BernSig = Tensor(const Tensor&, const Tensor&, int64_t);
-using BernBwdSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, int64_t,
+using BernSig = Tensor(const Tensor&, const Tensor&, int64_t, bool);
+using BernBwdSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, int64_t, bool,
                                               std::array<bool, 2>);
 
 struct BernoulliLogProb : torch::autograd::Function<BernoulliLogProb> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& logits, const Tensor& target, int64_t event_dims) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& logits, const Tensor& target, int64_t event_dims,
+                        bool probs) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto f = op<BernSig>("vaecuda::bernoulli_log_prob");
     ctx->save_for_backward({logits, target});
     ctx->saved_data["event_dims"] = event_dims;
-    return f.call(logits, target, event_dims);
+    ctx->saved_data["probs"] = probs;
+    return f.call(logits, target, event_dims, probs);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static auto bwd = op<BernBwdSig>("vaecuda::bernoulli_log_prob_backward");
     const variable_list s = ctx->get_saved_variables();
     const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
-    auto [dl, dx] = bwd.call(grads[0], s[0], s[1], ctx->saved_data["event_dims"].toInt(), mask);
-    return {maybe(mask[0], dl), maybe(mask[1], dx), Tensor()};
+    auto [dl, dx] = bwd.call(grads[0], s[0], s[1], ctx->saved_data["event_dims"].toInt(),
+                             ctx->saved_data["probs"].toBool(), mask);
+    return {maybe(mask[0], dl), maybe(mask[1], dx), Tensor(), Tensor()};
   }
 };
 
-Tensor bernoulli_log_prob_autograd(const Tensor& logits, const Tensor& target, int64_t event_dims) {
-  return BernoulliLogProb::apply(logits, target, event_dims);
+Tensor bernoulli_log_prob_autograd(const Tensor& logits, const Tensor& target, int64_t event_dims, bool probs) {
+  return BernoulliLogProb::apply(logits, target, event_dims, probs);
 }
 
 std::tuple<Tensor, Tensor> bernoulli_log_prob_backward_autograd(const Tensor& grad, const Tensor& logits,
                                                                 const Tensor& target, int64_t event_dims,
-                                                                std::array<bool, 2> mask) {
+                                                                bool probs, std::array<bool, 2> mask) {
   static auto bwd = op<BernBwdSig>("vaecuda::bernoulli_log_prob_backward");
   auto r = first_derivatives("bernoulli_log_prob", {grad, logits, target}, [&]() -> variable_list {
-    auto [a, b] = bwd.call(grad, logits, target, event_dims, mask);
+    auto [a, b] = bwd.call(grad, logits, target, event_dims, probs, mask);
     return {a, b};
   });
   return {r[0], r[1]};

@@ -1,5 +1,5 @@
 // vaecuda::bernoulli_log_prob and its backward: shapes, outputs and kernel arguments, the same for
-// every device; the kernels are in cpu/ and cuda/.
+// every device; the kernels are in cpu/ and cuda/. `logits` holds probabilities when `probs` is set.
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
@@ -15,7 +15,8 @@ struct BernoulliProblem {
   std::vector<at::Tensor> keep;
 };
 
-BernoulliProblem bernoulli_problem(const at::Tensor& logits, const at::Tensor& target, int64_t event_dims) {
+BernoulliProblem bernoulli_problem(const at::Tensor& logits, const at::Tensor& target, int64_t event_dims,
+                                   bool probs) {
   TORCH_CHECK(is_kernel_float(logits.scalar_type()),
               "vaecuda: logits must be float32, float64, float16 or bfloat16, got ", logits.scalar_type());
   const at::ScalarType tt = target.scalar_type();
@@ -34,6 +35,7 @@ BernoulliProblem bernoulli_problem(const at::Tensor& logits, const at::Tensor& t
   a.rows = prod(full, 0, nb);
   a.cols = prod(full, nb, full.size());
   a.logits_dtype = kernel_dtype(logits.scalar_type());
+  a.probs = probs;
   a.target_dtype = kernel_dtype(tt);
   auto [vl, hl] = make_row_view(logits, full, event_dims);
   auto [vx, hx] = make_row_view(target, full, event_dims);
@@ -45,9 +47,9 @@ BernoulliProblem bernoulli_problem(const at::Tensor& logits, const at::Tensor& t
   return p;
 }
 
-at::Tensor bernoulli_log_prob(const at::Tensor& logits, const at::Tensor& target, int64_t event_dims) {
+at::Tensor bernoulli_log_prob(const at::Tensor& logits, const at::Tensor& target, int64_t event_dims, bool probs) {
   c10::DeviceGuard guard(logits.device());
-  BernoulliProblem p = bernoulli_problem(logits, target, event_dims);
+  BernoulliProblem p = bernoulli_problem(logits, target, event_dims, probs);
   at::Tensor out = at::empty(logits.sizes().slice(0, logits.dim() - event_dims),
                              logits.options().dtype(acc_dtype(logits.scalar_type())));
   p.args.out = out.data_ptr();
@@ -57,13 +59,13 @@ at::Tensor bernoulli_log_prob(const at::Tensor& logits, const at::Tensor& target
 
 std::tuple<at::Tensor, at::Tensor> bernoulli_log_prob_backward(const at::Tensor& grad, const at::Tensor& logits,
                                                                const at::Tensor& target, int64_t event_dims,
-                                                               std::array<bool, 2> output_mask) {
+                                                               bool probs, std::array<bool, 2> output_mask) {
   c10::DeviceGuard guard(logits.device());
   if (output_mask[1] && is_half(target.scalar_type()) && target.sizes() != logits.sizes()) {
-    auto r = bernoulli_log_prob_backward(grad, logits, target.to(at::kFloat), event_dims, output_mask);
+    auto r = bernoulli_log_prob_backward(grad, logits, target.to(at::kFloat), event_dims, probs, output_mask);
     return {std::get<0>(r), std::get<1>(r).to(target.scalar_type())};
   }
-  BernoulliProblem p = bernoulli_problem(logits, target, event_dims);
+  BernoulliProblem p = bernoulli_problem(logits, target, event_dims, probs);
   BernoulliBackwardArgs b;
   b.in = p.args;
   const at::ScalarType acc = acc_dtype(logits.scalar_type());

@@ -63,6 +63,7 @@ struct BernoulliArgs {
   int64_t rows = 0, cols = 0;
   Dtype logits_dtype = Dtype::f32;
   Dtype target_dtype = Dtype::f32;                 // any float dtype, or u8 for uint8 and bool
+  bool probs = false;                              // `logits` holds probabilities in [0, 1]
   const void* logits = nullptr;
   const void* target = nullptr;
   RowView v_logits, v_target;

@@ -330,5 +330,51 @@ VAE_HD T bernoulli_log_prob_grad_logits(T l, T x) {
 }
 // d/dx = l (the target enters linearly).
 
+// Bernoulli log-likelihood from a probability p, as torch's binary_cross_entropy computes it (for
+// models that end in a sigmoid): x max(log p, -100) + (1 - x) max(log(1 - p), -100). The clamp keeps
+// p = 0 or 1 finite; p outside [0, 1] or NaN gives NaN (log of a negative), never hidden. libm's
+// log and log1p: this path serves compatibility, the logits path speed.
+template <typename T>
+VAE_HD T libm_log(T v) {
+#if defined(__CUDA_ARCH__)
+  return log(v);  // CUDA's float and double overloads
+#else
+  return std::log(v);
+#endif
+}
+template <typename T>
+VAE_HD T libm_log1p(T v) {
+#if defined(__CUDA_ARCH__)
+  return log1p(v);
+#else
+  return std::log1p(v);
+#endif
+}
+template <typename T>
+VAE_HD T clamped_log(T v) {
+  const T l = libm_log(v);
+  return l < T(-100) ? T(-100) : l;  // NaN stays NaN (the comparison is false)
+}
+template <typename T>
+VAE_HD T clamped_log1m(T p) {
+  const T l = libm_log1p(-p);
+  return l < T(-100) ? T(-100) : l;
+}
+template <typename T>
+VAE_HD T bernoulli_log_prob_probs(T p, T x) {
+  return x * clamped_log(p) + (T(1) - x) * clamped_log1m(p);
+}
+// d/dp = (x - p) / max(p (1 - p), 1e-12), torch's guard against p = 0 or 1.
+template <typename T>
+VAE_HD T bernoulli_log_prob_probs_grad_p(T p, T x) {
+  const T v = p * (T(1) - p);
+  return (x - p) / (v < T(1e-12) ? T(1e-12) : v);
+}
+// d/dx = max(log p, -100) - max(log(1 - p), -100).
+template <typename T>
+VAE_HD T bernoulli_log_prob_probs_grad_x(T p) {
+  return clamped_log(p) - clamped_log1m(p);
+}
+
 }  // namespace math
 }  // namespace vaecuda

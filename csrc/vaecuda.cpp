@@ -25,9 +25,10 @@ TORCH_LIBRARY(vaecuda, m) {
         "-> (Tensor, Tensor)");
   m.def("reparameterize_backward(Tensor? grad_z, Tensor? grad_kl, Tensor mu, Tensor logvar, Tensor rng_state, "
         "int? n_samples, bool[2] output_mask) -> (Tensor, Tensor)");
-  // log p(target | logits) of independent Bernoullis, summed over the last event_dims dims.
-  m.def("bernoulli_log_prob(Tensor logits, Tensor target, int event_dims=1) -> Tensor");
-  m.def("bernoulli_log_prob_backward(Tensor grad, Tensor logits, Tensor target, int event_dims, "
+  // log p(target | logits) of independent Bernoullis, summed over the last event_dims dims; with
+  // probs=True `logits` holds probabilities (log terms clamped at -100, as binary_cross_entropy).
+  m.def("bernoulli_log_prob(Tensor logits, Tensor target, int event_dims=1, bool probs=False) -> Tensor");
+  m.def("bernoulli_log_prob_backward(Tensor grad, Tensor logits, Tensor target, int event_dims, bool probs, "
         "bool[2] output_mask) -> (Tensor, Tensor)");
   // Test and benchmark hooks: the sampling kernels' noise, and the cheapest op on this binding path.
   m.def("_normals(Tensor rng_state, int first, int count) -> Tensor");

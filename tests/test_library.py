@@ -27,6 +27,8 @@ def _opcheck_cases(device):
         (ops.bernoulli_log_prob, (r(4, 2, 6), x.float(), 1)),
         (ops.bernoulli_log_prob, (r(5, 4, 2, 6), x.to(torch.uint8), 2)),
         (ops.bernoulli_log_prob, (r(4, 2, 6).double(), torch.rand(2, 6, generator=g).to(device).double(), 2)),
+        (ops.bernoulli_log_prob, (torch.rand(4, 2, 6, generator=g).to(device), x.float(), 1, True)),
+        (ops.bernoulli_log_prob, (torch.rand(3, 4, 2, 6, generator=g).to(device), x, 3, True)),
         (ops._scale, (r(3, 3), 2.5)),
     ]
 
@@ -42,7 +44,7 @@ def test_opcheck(device, requires_grad):
 def _loss(mu, lv, logits_w, x):
     z, kl = vaecuda.reparameterize_with_kl(mu, lv, seed=0)
     logits = z @ logits_w
-    ll = vaecuda.bernoulli_log_prob(logits, x)
+    ll = vaecuda.bernoulli_log_prob(logits, x) + vaecuda.bernoulli_log_prob_from_probs(torch.sigmoid(logits), x)
     kl2 = vaecuda.gaussian_kl(mu, lv, torch.zeros_like(mu), torch.zeros_like(lv))
     z2 = vaecuda.reparameterize(mu, lv, n_samples=2, seed=1)
     return (kl + kl2 - ll).mean() + z2.square().mean()

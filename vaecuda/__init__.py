@@ -9,7 +9,8 @@ See README.md for shapes, dtypes, backends and build switches.
 """
 
 from ._backend import backend_info
-from .ops import bernoulli_log_prob, gaussian_kl, reparameterize, reparameterize_with_kl, rng_state
+from .ops import (bernoulli_log_prob, bernoulli_log_prob_from_probs, gaussian_kl, reparameterize,
+                  reparameterize_with_kl, rng_state)
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "reparameterize_with_kl",
     "gaussian_kl",
     "bernoulli_log_prob",
+    "bernoulli_log_prob_from_probs",
     "rng_state",
     "backend_info",
     "__version__",

@@ -52,12 +52,12 @@ def _reparameterize_backward(grad_z, grad_kl, mu, logvar, rng_state, n_samples, 
 
 
 @torch.library.register_fake("vaecuda::bernoulli_log_prob")
-def _bernoulli_log_prob(logits, target, event_dims=1):
+def _bernoulli_log_prob(logits, target, event_dims=1, probs=False):
     return logits.new_empty(logits.shape[:logits.dim() - event_dims], dtype=_acc_dtype(logits.dtype))
 
 
 @torch.library.register_fake("vaecuda::bernoulli_log_prob_backward")
-def _bernoulli_log_prob_backward(grad, logits, target, event_dims, output_mask):
+def _bernoulli_log_prob_backward(grad, logits, target, event_dims, probs, output_mask):
     d_target = output_mask[1] and target.dtype.is_floating_point
     return _grad_or_empty(output_mask[0], logits), _grad_or_empty(d_target, target)
 

@@ -20,6 +20,7 @@ __all__ = [
     "reparameterize_with_kl",
     "gaussian_kl",
     "bernoulli_log_prob",
+    "bernoulli_log_prob_from_probs",
     "rng_state",
 ]
 
@@ -92,6 +93,18 @@ def _check_latents(op: str, mu, logvar, prior_mu=None, prior_logvar=None):
         _fail(op, "mu must have at least one dim (the latent dim), got a scalar")
 
 
+def _autocast_unify(*tensors):
+    """Under autocast, latents of mixed float dtypes (a bf16 mu from an autocast Linear beside a
+    float32 learned logvar or prior) are computed in float32, autocast's policy for losses; outside
+    autocast mixed dtypes are refused (see _check_float). Returns the tensors, cast or not."""
+    ts = [t for t in tensors if type(t) is _Tensor]
+    if len(ts) < 2 or all(t.dtype is ts[0].dtype for t in ts):
+        return tensors
+    if all(t.dtype in _FLOATS for t in ts) and torch.is_autocast_enabled(ts[0].device.type):
+        return tuple(t.float() if type(t) is _Tensor and t.dtype != torch.float64 else t for t in tensors)
+    return tensors
+
+
 def _check_reduction(op: str, reduction):
     if reduction not in _REDUCTIONS:
         _fail(op, f"reduction must be one of 'none', 'sum', 'mean', got {reduction!r}")
@@ -134,7 +147,13 @@ def rng_state(seed: int | torch.Tensor | None = None, offset: int = 0, device=No
             raise ValueError(f"vaecuda.rng_state: {name} must fit in 64 bits, got {v}")
     # store the 64-bit patterns as int64 (two's complement)
     seed, offset = (v - _U64 if v >= 2**63 else v for v in (seed, offset))
-    return torch.tensor([seed, offset], dtype=torch.int64, device=device)
+    if device is None or torch.device(device).type == "cpu":
+        return torch.tensor([seed, offset], dtype=torch.int64, device=device)
+    # on an accelerator, fill kernels that take the values as arguments: torch.tensor(..., device=)
+    # would copy from pageable host memory, which waits for the stream (a hidden sync)
+    state = torch.full((2,), seed, dtype=torch.int64, device=device)
+    state[1].fill_(offset)
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,6 +167,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples: int | N
     inside the kernel from Philox keyed by (seed, offset) and z's flat index, and regenerated in the
     backward, never stored. ``seed=None`` draws the key from torch's generator; an int or an
     int64 (seed, offset) tensor fixes it (see ``rng_state``)."""
+    mu, logvar = _autocast_unify(mu, logvar)
     _check_latents("reparameterize", mu, logvar)
     _check_n_samples("reparameterize", n_samples)
     state = rng_state(seed, offset, mu.device)
@@ -161,6 +181,7 @@ def reparameterize_with_kl(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples:
     """``(z, kl)`` from one pass: z as in ``reparameterize`` and KL(N(mu, e^logvar) || N(0, I)) summed
     over the last dim, per row ``[*batch]`` (``reduction="none"``), or summed / averaged over rows.
     kl is float32 (float64 for float64 inputs)."""
+    mu, logvar = _autocast_unify(mu, logvar)
     _check_latents("reparameterize_with_kl", mu, logvar)
     _check_n_samples("reparameterize_with_kl", n_samples)
     _check_reduction("reparameterize_with_kl", reduction)
@@ -185,6 +206,7 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor |
     batch mean of latent dim j's KL, so dims below lam nats get no gradient; it needs
     ``reduction="mean"`` (that value) or ``"sum"`` (times the number of rows)."""
     op = "gaussian_kl"
+    mu, logvar, prior_mu, prior_logvar = _autocast_unify(mu, logvar, prior_mu, prior_logvar)
     _check_latents(op, mu, logvar, prior_mu, prior_logvar)
     _check_reduction(op, reduction)
     if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) or not free_bits >= 0:
@@ -216,21 +238,37 @@ def bernoulli_log_prob(logits: torch.Tensor, target: torch.Tensor, *, event_dims
     broadcastable to logits' shape (e.g. ``[B, P]`` against ``[K, B, P]`` logits, never copied K
     times). Computed stably as target * l - softplus(l). Returns float32 (float64 for float64
     logits), ``[*batch]`` or reduced over it. Gradients flow to logits and to float targets."""
-    op = "bernoulli_log_prob"
-    _check_float(op, "logits", logits)
+    return _bernoulli("bernoulli_log_prob", "logits", logits, target, event_dims, reduction, False)
+
+
+def bernoulli_log_prob_from_probs(probs: torch.Tensor, target: torch.Tensor, *, event_dims: int = 1,
+                                  reduction: str = "none") -> torch.Tensor:
+    """``bernoulli_log_prob`` for models that output probabilities (a final sigmoid), with the terms
+    of ``F.binary_cross_entropy``: target * max(log p, -100) + (1 - target) * max(log(1 - p), -100),
+    so p = 0 or 1 stays finite; the gradient is torch's, (target - p) / max(p (1 - p), 1e-12).
+
+    ``-bernoulli_log_prob_from_probs(p, x, reduction="sum")`` equals
+    ``F.binary_cross_entropy(p, x, reduction="sum")``. probs outside [0, 1] give NaN (not an error:
+    checking would read the values back to the host). Shapes, dtypes and reductions as
+    ``bernoulli_log_prob``; prefer logits where the model allows it (stabler and faster)."""
+    return _bernoulli("bernoulli_log_prob_from_probs", "probs", probs, target, event_dims, reduction, True)
+
+
+def _bernoulli(op: str, name: str, logits, target, event_dims, reduction, probs: bool) -> torch.Tensor:
+    _check_float(op, name, logits)
     if not isinstance(target, torch.Tensor):
         _fail(op, f"target must be a torch.Tensor, got {type(target).__name__}", TypeError)
     if target.dtype not in _TARGETS:
         _fail(op, f"target must be a float tensor, bool or uint8, got {target.dtype}", TypeError)
     if target.device != logits.device:
-        _fail(op, f"target is on {target.device} but logits is on {logits.device}")
+        _fail(op, f"target is on {target.device} but {name} is on {logits.device}")
     if isinstance(event_dims, bool) or not isinstance(event_dims, int) or not 1 <= event_dims <= logits.dim():
-        _fail(op, f"event_dims must be an int in [1, logits.dim()={logits.dim()}], got {event_dims!r}")
-    if target.shape != logits.shape and _broadcast(op, ("logits", "target"), (logits, target)) != logits.shape:
-        _fail(op, f"target of shape {tuple(target.shape)} must broadcast to logits' shape {tuple(logits.shape)}")
+        _fail(op, f"event_dims must be an int in [1, {name}.dim()={logits.dim()}], got {event_dims!r}")
+    if target.shape != logits.shape and _broadcast(op, (name, "target"), (logits, target)) != logits.shape:
+        _fail(op, f"target of shape {tuple(target.shape)} must broadcast to {name}' shape {tuple(logits.shape)}")
     _check_reduction(op, reduction)
     if _compiled(logits):
-        out = _bernoulli_op(logits, target, event_dims)
+        out = _bernoulli_op(logits, target, event_dims, probs)
     else:
-        out = _ref.bernoulli_log_prob(logits, target, event_dims)
+        out = _ref.bernoulli_log_prob(logits, target, event_dims, probs)
     return _reduce(out, reduction)

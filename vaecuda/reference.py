@@ -165,10 +165,21 @@ def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None, elementwise=False)
     return terms if elementwise else terms.sum(-1)
 
 
-def bernoulli_log_prob(logits, target, event_dims=1):
-    """log p(target | logits) = target * l - softplus(l), summed over the last event_dims dims."""
+def bernoulli_log_prob(logits, target, event_dims=1, probs=False):
+    """log p(target | logits) = target * l - softplus(l), summed over the last event_dims dims.
+
+    With probs=True, `logits` holds probabilities p and the terms are those of torch's
+    binary_cross_entropy: target * max(log p, -100) + (1 - target) * max(log(1 - p), -100)."""
     acc = _acc_dtype(logits.dtype)
     l = logits.to(acc)
     x = target.to(acc)
-    terms = x * l - l.clamp_min(0) - torch.log1p(torch.exp(-l.abs()))
+    if probs:
+        terms = x * _clamped_log(torch.log(l)) + (1.0 - x) * _clamped_log(torch.log1p(-l))
+    else:
+        terms = x * l - l.clamp_min(0) - torch.log1p(torch.exp(-l.abs()))
     return terms.sum(dim=tuple(range(-event_dims, 0)))
+
+
+def _clamped_log(log_v: torch.Tensor) -> torch.Tensor:
+    """max(log_v, -100), NaN kept, with the clamped side's gradient 0 (torch.clamp_min's)."""
+    return log_v.clamp_min(-100.0)

@@ -353,7 +353,24 @@ void reparam_backward_rows(const ReparamBackwardArgs& b, int64_t r0, int64_t r1)
 
 // ---------------------------------------------------------------------------------------------------
 // Bernoulli log-likelihood.
-template <typename TL, typename TX, bool RowContig>
+// The per-pixel term and its derivatives, from logits or (Probs) from probabilities.
+template <bool Probs, typename A>
+inline A bernoulli_term(A v, A x) {
+  if constexpr (Probs) return bernoulli_log_prob_probs(v, x);
+  else return bernoulli_log_prob(v, x);
+}
+template <bool Probs, typename A>
+inline A bernoulli_term_grad_input(A v, A x) {
+  if constexpr (Probs) return bernoulli_log_prob_probs_grad_p(v, x);
+  else return bernoulli_log_prob_grad_logits(v, x);
+}
+template <bool Probs, typename A>
+inline A bernoulli_term_grad_target(A v) {
+  if constexpr (Probs) return bernoulli_log_prob_probs_grad_x(v);
+  else return v;
+}
+
+template <typename TL, typename TX, bool RowContig, bool Probs>
 void bernoulli_rows(const BernoulliArgs& a, int64_t r0, int64_t r1) {
   using A = typename Acc<TL>::type;
   A tmp[kBlock];
@@ -364,15 +381,15 @@ void bernoulli_rows(const BernoulliArgs& a, int64_t r0, int64_t r1) {
     LaneSum<A> sum;
     for_each_block(a.cols, [&](int64_t c0, int64_t n) {
       for (int64_t j = 0; j < n; ++j)
-        tmp[j] = bernoulli_log_prob(at<RowContig>(l, c0 + j, a.v_logits.col_stride),
-                                    static_cast<A>(at<RowContig>(x, c0 + j, a.v_target.col_stride)));
+        tmp[j] = bernoulli_term<Probs, A>(at<RowContig>(l, c0 + j, a.v_logits.col_stride),
+                                          static_cast<A>(at<RowContig>(x, c0 + j, a.v_target.col_stride)));
       sum.add(tmp, n);
     });
     out[r] = sum.total();
   }
 }
 
-template <typename TL, typename TX, bool RowContig>
+template <typename TL, typename TX, bool RowContig, bool Probs>
 void bernoulli_backward_rows(const BernoulliBackwardArgs& b, int64_t r0, int64_t r1) {
   using A = typename Acc<TL>::type;
   const BernoulliArgs& a = b.in;
@@ -385,13 +402,14 @@ void bernoulli_backward_rows(const BernoulliBackwardArgs& b, int64_t r0, int64_t
     const int64_t o = r * a.cols;
     if (dl)
       for (int64_t j = 0; j < a.cols; ++j)
-        dl[o + j] = from_acc<TL>(g * bernoulli_log_prob_grad_logits(
+        dl[o + j] = from_acc<TL>(g * bernoulli_term_grad_input<Probs, A>(
                                          at<RowContig>(l, j, a.v_logits.col_stride),
                                          static_cast<A>(at<RowContig>(x, j, a.v_target.col_stride))));
     if (dx)
       if constexpr (!std::is_same<TX, uint8_t>::value)
         for (int64_t j = 0; j < a.cols; ++j)
-          dx[o + j] = from_acc<TX>(static_cast<typename Acc<TX>::type>(g * at<RowContig>(l, j, a.v_logits.col_stride)));
+          dx[o + j] = from_acc<TX>(static_cast<typename Acc<TX>::type>(
+              g * bernoulli_term_grad_target<Probs, A>(at<RowContig>(l, j, a.v_logits.col_stride))));
   }
 }
 
@@ -464,7 +482,10 @@ void bernoulli_log_prob(const BernoulliArgs& a, int64_t r0, int64_t r1) {
     dispatch_target(a.target_dtype, [&](auto tx) {
       using TL = decltype(tl);
       using TX = decltype(tx);
-      contig ? bernoulli_rows<TL, TX, true>(a, r0, r1) : bernoulli_rows<TL, TX, false>(a, r0, r1);
+      if (a.probs)
+        contig ? bernoulli_rows<TL, TX, true, true>(a, r0, r1) : bernoulli_rows<TL, TX, false, true>(a, r0, r1);
+      else
+        contig ? bernoulli_rows<TL, TX, true, false>(a, r0, r1) : bernoulli_rows<TL, TX, false, false>(a, r0, r1);
     });
   });
 }
@@ -475,8 +496,12 @@ void bernoulli_log_prob_backward(const BernoulliBackwardArgs& b, int64_t r0, int
     dispatch_target(b.in.target_dtype, [&](auto tx) {
       using TL = decltype(tl);
       using TX = decltype(tx);
-      contig ? bernoulli_backward_rows<TL, TX, true>(b, r0, r1)
-             : bernoulli_backward_rows<TL, TX, false>(b, r0, r1);
+      if (b.in.probs)
+        contig ? bernoulli_backward_rows<TL, TX, true, true>(b, r0, r1)
+               : bernoulli_backward_rows<TL, TX, false, true>(b, r0, r1);
+      else
+        contig ? bernoulli_backward_rows<TL, TX, true, false>(b, r0, r1)
+               : bernoulli_backward_rows<TL, TX, false, false>(b, r0, r1);
     });
   });
 }

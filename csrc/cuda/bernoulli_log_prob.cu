@@ -6,7 +6,24 @@
 namespace vaecuda {
 namespace cuda {
 
-template <typename TL, typename TX>
+// The per-pixel term and its derivatives, from logits or (Probs) from probabilities.
+template <bool Probs, typename A>
+__device__ __forceinline__ A bernoulli_term(A v, A x) {
+  if constexpr (Probs) return bernoulli_log_prob_probs(v, x);
+  else return bernoulli_log_prob(v, x);
+}
+template <bool Probs, typename A>
+__device__ __forceinline__ A bernoulli_term_grad_input(A v, A x) {
+  if constexpr (Probs) return bernoulli_log_prob_probs_grad_p(v, x);
+  else return bernoulli_log_prob_grad_logits(v, x);
+}
+template <bool Probs, typename A>
+__device__ __forceinline__ A bernoulli_term_grad_target(A v) {
+  if constexpr (Probs) return bernoulli_log_prob_probs_grad_x(v);
+  else return v;
+}
+
+template <typename TL, typename TX, bool Probs>
 __global__ void bernoulli_forward_kernel(BernoulliArgs a) {
   using A = typename Acc<TL>::type;
   const int lane = threadIdx.x & 31;
@@ -16,13 +33,13 @@ __global__ void bernoulli_forward_kernel(BernoulliArgs a) {
     const TX* x = static_cast<const TX*>(a.target) + a.v_target.row_offset(r);
     A acc = A(0);
     for (int64_t j = lane; j < a.cols; j += 32)
-      acc += bernoulli_log_prob(at(l, j, a.v_logits.col_stride), static_cast<A>(at(x, j, a.v_target.col_stride)));
+      acc += bernoulli_term<Probs, A>(at(l, j, a.v_logits.col_stride), static_cast<A>(at(x, j, a.v_target.col_stride)));
     acc = warp_sum(acc);
     if (lane == 0) static_cast<A*>(a.out)[r] = acc;
   }
 }
 
-template <typename TL, typename TX>
+template <typename TL, typename TX, bool Probs>
 __global__ void bernoulli_backward_kernel(BernoulliBackwardArgs b) {
   using A = typename Acc<TL>::type;
   const BernoulliArgs& a = b.in;
@@ -34,11 +51,12 @@ __global__ void bernoulli_backward_kernel(BernoulliBackwardArgs b) {
     const A l = at(static_cast<const TL*>(a.logits) + a.v_logits.row_offset(r), j, a.v_logits.col_stride);
     if (b.d_logits) {
       const A x = static_cast<A>(at(static_cast<const TX*>(a.target) + a.v_target.row_offset(r), j, a.v_target.col_stride));
-      static_cast<TL*>(b.d_logits)[e] = from_acc<TL>(g * bernoulli_log_prob_grad_logits(l, x));
+      static_cast<TL*>(b.d_logits)[e] = from_acc<TL>(g * bernoulli_term_grad_input<Probs, A>(l, x));
     }
     if constexpr (!std::is_same<TX, uint8_t>::value) {
       if (b.d_target)
-        static_cast<TX*>(b.d_target)[e] = from_acc<TX>(static_cast<typename Acc<TX>::type>(g * l));
+        static_cast<TX*>(b.d_target)[e] =
+            from_acc<TX>(static_cast<typename Acc<TX>::type>(g * bernoulli_term_grad_target<Probs, A>(l)));
     }
   }
 }
@@ -47,8 +65,12 @@ void launch(const BernoulliArgs& a, cudaStream_t stream) {
   if (a.rows == 0) return;
   dispatch_float(a.logits_dtype, [&](auto tl) {
     dispatch_target(a.target_dtype, [&](auto tx) {
-      bernoulli_forward_kernel<decltype(tl), decltype(tx)>
-          <<<blocks_for(a.rows, kWarpsPerBlock), kThreads, 0, stream>>>(a);
+      if (a.probs)
+        bernoulli_forward_kernel<decltype(tl), decltype(tx), true>
+            <<<blocks_for(a.rows, kWarpsPerBlock), kThreads, 0, stream>>>(a);
+      else
+        bernoulli_forward_kernel<decltype(tl), decltype(tx), false>
+            <<<blocks_for(a.rows, kWarpsPerBlock), kThreads, 0, stream>>>(a);
     });
   });
   check_launch("bernoulli_log_prob");
@@ -58,8 +80,12 @@ void launch(const BernoulliBackwardArgs& b, cudaStream_t stream) {
   if (b.in.rows * b.in.cols == 0) return;
   dispatch_float(b.in.logits_dtype, [&](auto tl) {
     dispatch_target(b.in.target_dtype, [&](auto tx) {
-      bernoulli_backward_kernel<decltype(tl), decltype(tx)>
-          <<<blocks_for(b.in.rows * b.in.cols, kThreads), kThreads, 0, stream>>>(b);
+      if (b.in.probs)
+        bernoulli_backward_kernel<decltype(tl), decltype(tx), true>
+            <<<blocks_for(b.in.rows * b.in.cols, kThreads), kThreads, 0, stream>>>(b);
+      else
+        bernoulli_backward_kernel<decltype(tl), decltype(tx), false>
+            <<<blocks_for(b.in.rows * b.in.cols, kThreads), kThreads, 0, stream>>>(b);
     });
   });
   check_launch("bernoulli_log_prob_backward");
