@@ -110,6 +110,10 @@ class _VAEBase(nn.Module):
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{type(self).__name__}: x must have shape [B, {', '.join(map(str, event))}], got {got}")
 
+    def forward(self, x: torch.Tensor, **kw) -> torch.Tensor:
+        """``model(x)`` is the training loss, ``loss(x, **kw)``; wrappers such as DDP call this."""
+        return self.loss(x, **kw)
+
     # -- objectives ----------------------------------------------------------------------------------
     def elbo(self, x: torch.Tensor, *, beta: float = 1.0, seed=None) -> torch.Tensor:
         """Per-row ELBO log p(x|z) - beta * KL(q(z|x) || p(z)), one sample of z, analytic KL: [B] (nats)."""

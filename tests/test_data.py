@@ -1,0 +1,94 @@
+"""vaecuda.data: every source format, splits, binarization and clear errors on bad files (the
+project's tests use only generated files and scikit-learn's bundled digits)."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from vaecuda import data
+
+
+def test_digits_splits_by_seed():
+    a, b, c = data.load("digits", seed=0), data.load("digits", seed=0), data.load("digits", seed=1)
+    assert a.train.shape == (1197, 64) and a.valid.shape == a.test.shape == (300, 64)
+    assert a.image_shape == (1, 8, 8) and a.pixels == 64
+    assert torch.equal(a.train, b.train) and not torch.equal(a.train, c.train)
+    assert set(a.train.unique().tolist()) == {0.0, 1.0}  # fixed binarization
+    assert a.train_labels.shape == (1197,)
+    grey = data.load("digits", binarize="none")
+    assert grey.train.max() <= 1 and len(grey.train.unique()) > 2
+
+
+def test_dynamic_binarization_draws_fresh_samples():
+    s = data.load("digits", binarize="dynamic")
+    g = torch.Generator().manual_seed(0)
+    b1 = next(s.batches("train", 64, generator=g))
+    b2 = next(s.batches("train", 64, generator=g))
+    assert set(b1.unique().tolist()) <= {0.0, 1.0} and not torch.equal(b1, b2)
+    sizes = [len(x) for x in s.batches("valid", 128)]
+    assert sum(sizes) == 300 and sizes[-1] == 300 - 128 * 2
+
+
+def test_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {k: (rng.random((n, 784)) < 0.3).astype(np.uint8) for k, n in (("train", 50), ("valid", 20), ("test", 10))}
+    np.savez(tmp_path / "bm.npz", **arrays)
+    s = data.load(str(tmp_path / "bm.npz"), image_size=28)
+    assert s.image_shape == (1, 28, 28) and s.train.shape == (50, 784)
+    assert torch.equal(s.test, torch.from_numpy(arrays["test"]).float())
+    with pytest.raises(data.DataError, match="images are 28x28, expected 8x8"):
+        data.load(str(tmp_path / "bm.npz"), image_size=8)
+    np.savez(tmp_path / "bad.npz", train=arrays["train"], test=arrays["test"])
+    with pytest.raises(data.DataError, match="expected arrays 'train', 'valid' and 'test'"):
+        data.load(str(tmp_path / "bad.npz"))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(data.DataError, match="not a readable .npz file"):
+        data.load(str(tmp_path / "junk.npz"))
+    np.savez(tmp_path / "odd.npz", train=np.zeros((4, 10)), valid=np.zeros((4, 10)), test=np.zeros((4, 10)))
+    with pytest.raises(data.DataError, match="not a square image"):
+        data.load(str(tmp_path / "odd.npz"))
+
+
+def test_amat_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    for s, n in (("train", 6), ("valid", 3), ("test", 2)):
+        np.savetxt(tmp_path / f"binarized_mnist_{s}.amat", (rng.random((n, 16)) < 0.5).astype(int), fmt="%d")
+    s = data.load(str(tmp_path))
+    assert s.train.shape == (6, 16) and s.image_shape == (1, 4, 4)
+
+
+def _write_idx(path, arr, gz=True):
+    head = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    (gzip.open if gz else open)(path, "wb").write(head + arr.astype(np.uint8).tobytes())
+
+
+def test_idx_folder(tmp_path):
+    rng = np.random.default_rng(2)
+    xtr, xte = rng.integers(0, 256, (60, 28, 28)), rng.integers(0, 256, (10, 28, 28))
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", xtr)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(60) % 10)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", xte, gz=False)
+    s = data.load(str(tmp_path), binarize="none")
+    assert s.train.shape == (50, 784) and s.valid.shape == (10, 784) and s.test.shape == (10, 784)
+    torch.testing.assert_close(s.test, torch.from_numpy(xte.reshape(10, -1) / 255.0).float())
+    assert s.train_labels.tolist() == (np.arange(50) % 10).tolist() and s.test_labels is None
+    # a truncated file is reported, not half-read
+    raw = gzip.open(tmp_path / "train-images-idx3-ubyte.gz").read()
+    gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb").write(raw[:-100])
+    with pytest.raises(data.DataError, match="header says"):
+        data.load(str(tmp_path))
+
+
+def test_missing_and_unknown_sources(tmp_path):
+    with pytest.raises(data.DataError, match="no such file or folder"):
+        data.load(str(tmp_path / "nope.npz"))
+    with pytest.raises(data.DataError, match="found neither"):
+        data.load(str(tmp_path))
+    (tmp_path / "x.csv").write_text("1,2")
+    with pytest.raises(data.DataError, match="expected a .npz file"):
+        data.load(str(tmp_path / "x.csv"))
+    with pytest.raises(ValueError, match="binarize must be one of"):
+        data.load("digits", binarize="otsu")
