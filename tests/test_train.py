@@ -1,0 +1,126 @@
+"""python -m vaecuda train / evaluate: exact resume, fused and reference ops learning alike, the run
+folder's files, the KDE baseline, and clear failures that overwrite nothing."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from vaecuda import kde
+from vaecuda import train as T
+from vaecuda.__main__ import main
+
+
+def _cfg(**kw):
+    base = dict(data="digits", hidden=[64], latent=8, epochs=3, batch_size=128, seed=3)
+    base.update(kw)
+    return T.Config(**base)
+
+
+def _weights(run):
+    return torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)["model"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    quiet = dict(progress=False, log=lambda *_: None)
+    for schedule in ("cosine", "exponential"):
+        whole, parts = str(tmp_path / f"whole-{schedule}"), str(tmp_path / f"parts-{schedule}")
+        cfg = _cfg(warmup_epochs=2, lr_schedule=schedule, binarize="dynamic")
+        T.train(cfg, whole, **quiet)
+        if schedule == "cosine":  # stopped after epoch 2 of 3, then resumed
+            T.train(cfg, parts, stop_after=2, **quiet)
+            with pytest.raises(T.RunError, match="resume it with --epochs 3"):
+                T.train(_cfg(epochs=5), parts, resume=True, **quiet)
+        else:  # trained for 2 epochs, then extended to 3
+            T.train(_cfg(warmup_epochs=2, lr_schedule=schedule, binarize="dynamic", epochs=2), parts, **quiet)
+        T.train(cfg, parts, resume=True, **quiet)  # epoch 3
+        _same_run(whole, parts)
+
+
+def _same_run(whole, parts):
+    a, b = _weights(whole), _weights(parts)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma = [json.loads(line) for line in open(os.path.join(whole, "metrics.jsonl"))]
+    mb = [json.loads(line) for line in open(os.path.join(parts, "metrics.jsonl"))]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(ma) == strip(mb) and len(ma) == 3
+
+
+def test_fused_and_reference_ops_learn_alike(tmp_path):
+    """Same seed, data and epochs: the fused ops and the reference ops end within noise of each other."""
+    out = {}
+    for ops in ("fused", "reference"):
+        run = str(tmp_path / ops)
+        T.train(_cfg(ops=ops, epochs=4), run, progress=False, log=lambda *_: None)
+        out[ops] = T.evaluate(run, k=200, kde=False, progress=False, log=lambda *_: None)
+    for key in ("test_elbo", "test_log_likelihood"):
+        assert math.isfinite(out["fused"][key])
+        assert abs(out["fused"][key] - out["reference"][key]) < 0.5, (key, out)
+    assert out["fused"]["test_log_likelihood"] > out["fused"]["test_elbo"]
+
+
+def test_iwae_objective_and_conv(tmp_path):
+    hist = T.train(_cfg(objective="iwae", k=5, epochs=2), str(tmp_path / "iwae"), progress=False, log=lambda *_: None)
+    assert hist[1]["train_loss"] < hist[0]["train_loss"]
+    hist = T.train(_cfg(arch="conv", channels=4, epochs=1), str(tmp_path / "conv"), progress=False, log=lambda *_: None)
+    assert math.isfinite(hist[0]["valid_elbo"])
+
+
+def test_cli_train_evaluate_and_files(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["train", "--out", run, "--epochs", "2", "--hidden", "32", "--latent", "4", "--quiet"]) == 0
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png",
+                 "latent.png", "curves.png"):
+        assert os.path.getsize(os.path.join(run, name)) > 0, name
+    assert json.load(open(os.path.join(run, "config.json")))["latent"] == 4
+    assert main(["evaluate", run, "--k", "50", "--quiet"]) == 0
+    ev = json.load(open(os.path.join(run, "evaluation.json")))
+    assert ev["k"] == 50 and 0 <= ev["active_units"] <= 4 and ev["test_nll"] == -ev["test_log_likelihood"]
+    assert 0 < ev["kde"]["bandwidth"] <= 0.5 and math.isfinite(ev["kde"]["test_log_likelihood"])
+    assert "pixel-space KDE" in capsys.readouterr().out
+    assert main(["bench", "--list", "--device", "cpu"]) == 0
+
+
+def test_cli_errors_overwrite_nothing(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["train", "--out", run, "--epochs", "1", "--hidden", "32", "--latent", "4", "--quiet", "--no-plots"]) == 0
+    before = open(os.path.join(run, "config.json")).read(), _weights(run)
+    # a second train into the same folder
+    assert main(["train", "--out", run, "--epochs", "1", "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert open(os.path.join(run, "config.json")).read() == before[0]
+    # missing / malformed data
+    assert main(["train", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "none.npz"), "--quiet"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    assert main(["train", "--out", str(tmp_path / "y"), "--data", str(tmp_path / "bad.npz"), "--quiet"]) == 2
+    assert "not a readable .npz" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "y" / "config.json")
+    # a checkpoint from another architecture
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    cfg["latent"] = 6
+    json.dump(cfg, open(os.path.join(run, "config.json"), "w"))
+    assert main(["train", "--out", run, "--resume", "--epochs", "2", "--quiet", "--no-plots"]) == 2
+    assert "does not fit the run's architecture" in capsys.readouterr().err
+    assert all(torch.equal(before[1][k], v) for k, v in _weights(run).items())
+    assert main(["evaluate", str(tmp_path / "nothing")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "z"), "--lr", "-1", "--quiet"]) == 2
+    assert "lr must be > 0" in capsys.readouterr().err
+
+
+def test_kde_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    centres = (torch.rand(7, 5, generator=g) < 0.4).float()
+    x = torch.cat([(torch.rand(3, 5, generator=g) < 0.4).float(), torch.rand(2, 5, generator=g)])
+    lam = 0.1
+    got = kde.log_likelihood(x, centres, lam, chunk=2)
+    q = (1 - lam) * centres.double() + lam * (1 - centres.double())
+    per = (x.double()[:, None] * q.log() + (1 - x.double()[:, None]) * (1 - q).log()).sum(-1)  # [B, N]
+    torch.testing.assert_close(got, torch.logsumexp(per, 1) - math.log(7))
+    best, scores = kde.fit_bandwidth(centres, x[:3], (0.05, 0.1, 0.3))
+    assert scores[best] == max(scores.values())
+    with pytest.raises(ValueError, match="bandwidth"):
+        kde.log_likelihood(x, centres, 0.7)
