@@ -41,7 +41,7 @@ def write_all(run_dir: str, model, splits, device, seed: int = 0) -> list[str]:
     g = torch.Generator(device=device).manual_seed(seed)
     samples = model.sample(64, generator=g).float().cpu().reshape(-1, *shape)
     fig, ax = plt.subplots(figsize=(6, 6))
-    ax.imshow(_grid(samples, 8), cmap="gray_r", vmin=0, vmax=1)
+    ax.imshow(_grid(samples, 8).numpy(), cmap="gray_r", vmin=0, vmax=1)
     ax.set_title("samples: z ~ N(0, I), pixel probabilities")
     ax.axis("off")
     save(fig, "samples.png")
@@ -50,7 +50,7 @@ def write_all(run_dir: str, model, splits, device, seed: int = 0) -> list[str]:
     recon = model.reconstruct(x.to(device).reshape(-1, *model.event_shape)).float().cpu().reshape(-1, *shape)
     pairs = torch.stack([x.reshape(-1, *shape), recon], 1).reshape(-1, *shape)  # input, reconstruction, ...
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.imshow(_grid(pairs, 8), cmap="gray_r", vmin=0, vmax=1)
+    ax.imshow(_grid(pairs, 8).numpy(), cmap="gray_r", vmin=0, vmax=1)
     ax.set_title("test inputs (left of each pair) and reconstructions from the posterior mean")
     ax.axis("off")
     save(fig, "reconstructions.png")
@@ -64,7 +64,8 @@ def write_all(run_dir: str, model, splits, device, seed: int = 0) -> list[str]:
     else:
         xy, axes = mu, ("z1", "z2")
     fig, ax = plt.subplots(figsize=(6, 5))
-    labels = splits.test_labels[:2000] if splits.test_labels is not None else None
+    labels = splits.test_labels[:2000].numpy() if splits.test_labels is not None else None
+    xy = xy.numpy()
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6)
     if labels is not None:
         fig.colorbar(sc, ax=ax, label="digit")

@@ -35,7 +35,9 @@ SWEEP = {f"sweep-{b}": dict(B=b, D=256, P=1024) for b in (256, 1024, 4096, 16384
 ALL_SHAPES = {**SHAPES, **SWEEP}
 
 OPS = ("sample", "sample+kl", "kl", "bernoulli", "head")
-MODELS = ("mlp", "conv")  # training steps: the 784-400-20 VAE at B=128, and a conv VAE on 28x28
+# training steps at B=128: the 784-400-20 VAE (PyTorch example), the IWAE paper's 784-200-200-50 tanh
+# VAE, and a conv VAE on 28x28
+MODELS = ("mlp", "iwae-mlp", "conv")
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -224,6 +226,8 @@ def train_case(model_name: str, device, dtype) -> Case:
     torch.manual_seed(0)
     if model_name == "mlp":
         base, x = models.VAE.pytorch_example(ops="eager"), torch.rand(128, 784)
+    elif model_name == "iwae-mlp":
+        base, x = models.VAE.iwae_paper(ops="eager"), torch.rand(128, 784)
     elif model_name == "conv":
         base, x = models.ConvVAE((1, 28, 28), channels=32, latent=16, ops="eager"), torch.rand(128, 1, 28, 28)
     else:
