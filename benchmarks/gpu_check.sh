@@ -30,3 +30,12 @@ xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
 echo "== benchmark suite on the GPU"
 "$py" -m vaecuda.bench --device cuda --suite "${SUITE:-quick}" --out "$out" 2>"$out/gpu_bench.err" \
   | tee "$out/gpu_bench.txt" | tail -n 40
+
+echo "== the reference VAE on the GPU: a short digits run, evaluated, and the drop-in example"
+if "$py" -c "import sklearn" 2>/dev/null; then
+  "$py" -m vaecuda train --out "$out/run-digits" --epochs 3 --device cuda --quiet --no-plots 2>&1 | tail -n 2
+  "$py" -m vaecuda evaluate "$out/run-digits" --k 500 --device cuda --quiet 2>&1 | tail -n 1
+  "$py" examples/pytorch_vae_example.py --epochs 2 --device cuda 2>&1 | tail -n 2
+else
+  echo "scikit-learn is not installed here: no digits data set, skipping the training run"
+fi

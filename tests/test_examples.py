@@ -14,9 +14,9 @@ def _load(name):
     return mod
 
 
-def test_pytorch_vae_example_side_by_side(capsys):
+def test_pytorch_vae_example_side_by_side(capsys, binary_npz):
     ex = _load("pytorch_vae_example")
-    assert ex.main(["--epochs", "2", "--device", "cpu"]) == 0
+    assert ex.main(["--epochs", "2", "--device", "cpu", "--data", binary_npz]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["1", "2"]

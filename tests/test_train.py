@@ -12,9 +12,17 @@ from vaecuda import kde
 from vaecuda import train as T
 from vaecuda.__main__ import main
 
+DATA = None  # the toy .npz of conftest.binary_npz, set per test
+
+
+@pytest.fixture(autouse=True)
+def _toy_data(binary_npz):
+    global DATA
+    DATA = binary_npz
+
 
 def _cfg(**kw):
-    base = dict(data="digits", hidden=[64], latent=8, epochs=3, batch_size=128, seed=3)
+    base = dict(data=DATA, hidden=[64], latent=8, epochs=3, batch_size=128, seed=3)
     base.update(kw)
     return T.Config(**base)
 
@@ -70,7 +78,8 @@ def test_iwae_objective_and_conv(tmp_path):
 
 def test_cli_train_evaluate_and_files(tmp_path, capsys):
     run = str(tmp_path / "run")
-    assert main(["train", "--out", run, "--epochs", "2", "--hidden", "32", "--latent", "4", "--quiet"]) == 0
+    assert main(["train", "--out", run, "--data", DATA, "--epochs", "2", "--hidden", "32", "--latent", "4",
+                 "--quiet"]) == 0
     for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png",
                  "latent.png", "curves.png"):
         assert os.path.getsize(os.path.join(run, name)) > 0, name
@@ -85,10 +94,11 @@ def test_cli_train_evaluate_and_files(tmp_path, capsys):
 
 def test_cli_errors_overwrite_nothing(tmp_path, capsys):
     run = str(tmp_path / "run")
-    assert main(["train", "--out", run, "--epochs", "1", "--hidden", "32", "--latent", "4", "--quiet", "--no-plots"]) == 0
+    assert main(["train", "--out", run, "--data", DATA, "--epochs", "1", "--hidden", "32", "--latent", "4", "--quiet",
+                 "--no-plots"]) == 0
     before = open(os.path.join(run, "config.json")).read(), _weights(run)
     # a second train into the same folder
-    assert main(["train", "--out", run, "--epochs", "1", "--quiet"]) == 2
+    assert main(["train", "--out", run, "--data", DATA, "--epochs", "1", "--quiet"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert open(os.path.join(run, "config.json")).read() == before[0]
     # missing / malformed data
@@ -107,7 +117,7 @@ def test_cli_errors_overwrite_nothing(tmp_path, capsys):
     assert all(torch.equal(before[1][k], v) for k, v in _weights(run).items())
     assert main(["evaluate", str(tmp_path / "nothing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
-    assert main(["train", "--out", str(tmp_path / "z"), "--lr", "-1", "--quiet"]) == 2
+    assert main(["train", "--out", str(tmp_path / "z"), "--data", DATA, "--lr", "-1", "--quiet"]) == 2
     assert "lr must be > 0" in capsys.readouterr().err
 
 
