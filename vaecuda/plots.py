@@ -66,9 +66,10 @@ def write_all(run_dir: str, model, splits, device, seed: int = 0) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 5))
     labels = splits.test_labels[:2000].numpy() if splits.test_labels is not None else None
     xy = xy.numpy()
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6)
     if labels is not None:
-        fig.colorbar(sc, ax=ax, label="digit")
+        fig.colorbar(ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6), ax=ax, label="digit")
+    else:  # a source without labels (e.g. the binarized MNIST .npz)
+        ax.scatter(xy[:, 0], xy[:, 1], s=6)
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
     ax.set_title("latent space: posterior means of test images")
