@@ -102,3 +102,36 @@ def test_missing_and_unknown_sources(tmp_path):
         data.load(str(tmp_path / "x.csv"))
     with pytest.raises(ValueError, match="binarize must be one of"):
         data.load(str(tmp_path / "x.csv"), binarize="otsu")
+
+
+def test_download_fetches_whole_files(tmp_path, monkeypatch):
+    """The opt-in download (no network in tests: urlretrieve serves generated IDX files)."""
+    import urllib.error
+    import urllib.request
+    src = tmp_path / "mirror"
+    src.mkdir()
+    rng = np.random.default_rng(4)
+    _write_idx(src / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (24, 28, 28)))
+    _write_idx(src / "train-labels-idx1-ubyte.gz", np.arange(24) % 10)
+    _write_idx(src / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (6, 28, 28)))
+    _write_idx(src / "t10k-labels-idx1-ubyte.gz", np.arange(6) % 10)
+    fetched = []
+
+    def fake(url, dest):
+        fetched.append(url)
+        open(dest, "wb").write((src / url.rsplit("/", 1)[1]).read_bytes())
+    monkeypatch.setattr(urllib.request, "urlretrieve", fake)
+    folder = data.download(str(tmp_path / "mnist"))
+    assert len(fetched) == 4 and all(u.startswith("https://") for u in fetched)
+    s = data.load(folder)
+    assert s.train.shape == (20, 784) and s.test.shape == (6, 784)
+    data.download(folder)  # present files are not fetched again
+    assert len(fetched) == 4
+
+    def offline(url, dest):
+        open(dest, "wb").write(b"partial")
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    with pytest.raises(data.DataError, match="could not download"):
+        data.download(str(tmp_path / "empty"))
+    assert not any((tmp_path / "empty").iterdir())  # no half file left behind

@@ -29,6 +29,8 @@ def _train_parser(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--stop-after", type=int, help="stop after this epoch (resume later with --resume)")
     p.add_argument("--data", default=d.data, help="'digits', a binarized MNIST .npz, or a folder of .amat / IDX files")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the MNIST IDX files into the --data folder first (needs network access)")
     p.add_argument("--binarize", default=d.binarize, choices=_data.BINARIZE)
     p.add_argument("--preset", choices=sorted(PRESETS), help="an architecture: " +
                    "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
@@ -94,6 +96,10 @@ def main(argv=None) -> int:
         if args.command == "train":
             cfg = _config(args)
             cfg.check()
+            if args.download:
+                if cfg.data == "digits" or cfg.data.endswith(".npz"):
+                    raise _data.DataError("--download fetches MNIST into a folder: give --data a folder path")
+                _data.download(cfg.data)
             _train.train(cfg, args.out, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
             if not args.no_plots:
                 c, model, splits = _train.load_run(args.out, None if cfg.device == "auto" else cfg.device)

@@ -207,6 +207,7 @@ def _read_idx(path: str) -> np.ndarray:
 
 def download(folder: str) -> str:
     """Fetch the four MNIST IDX .gz files into ``folder`` (needs network access); returns the folder."""
+    import urllib.error
     import urllib.request
     os.makedirs(folder, exist_ok=True)
     for names in _IDX.values():
@@ -214,6 +215,12 @@ def download(folder: str) -> str:
             dest = os.path.join(folder, n + ".gz")
             if not os.path.exists(dest):
                 tmp = dest + ".part"
-                urllib.request.urlretrieve(_MNIST_URL + n + ".gz", tmp)
-                os.replace(tmp, dest)
+                try:
+                    urllib.request.urlretrieve(_MNIST_URL + n + ".gz", tmp)
+                except (urllib.error.URLError, OSError) as e:
+                    if os.path.exists(tmp):
+                        os.remove(tmp)
+                    raise DataError(f"could not download {_MNIST_URL + n}.gz ({e}); put the MNIST IDX files "
+                                    f"in {folder} by hand") from None
+                os.replace(tmp, dest)  # a file appears only when it is whole
     return folder
