@@ -21,7 +21,8 @@ def test_min_bytes():
     assert workloads.min_bytes("bernoulli", "fwd+bwd", d, 4) == 2 * pix + row + row + 3 * pix
     k = dict(d, K=7)  # K samples: z and logits K times, mu/logvar and the target once
     assert workloads.min_bytes("sample", "fwd", k, 2) == 2 * (lat // 2) + 7 * (lat // 2)
-    assert workloads.min_bytes("bernoulli", "fwd", k, 4) == 7 * pix + pix + row
+    assert workloads.min_bytes("bernoulli", "fwd", k, 4) == 7 * pix + pix + 7 * row  # [K, B] log-likelihoods
+    assert workloads.min_bytes("kl", "fwd", d, 8) == 2 * (2 * lat) + 2 * row  # float64: 8-byte losses
     assert workloads.min_bytes("head", "fwd", d, 4) == (workloads.min_bytes("sample+kl", "fwd", d, 4)
                                                        + workloads.min_bytes("bernoulli", "fwd", d, 4))
     assert workloads.min_bytes("train/mlp", "step", d, 4) is None
@@ -89,6 +90,11 @@ def test_plan_skips_what_a_shape_lacks():
     works = {(shape, name) for _, name, shape, _, _ in todo}
     assert ("xlarge", "bernoulli") not in works and ("xlarge", "kl") in works
     assert ("iwae", "head") not in works and ("iwae", "bernoulli") in works
+
+
+def test_training_steps_only():
+    args = bench.parse(["--device", "cpu", "--ops", "--train", "mlp", "--no-binding"])
+    assert [name for _, name, *_ in bench.plan(args)] == ["mlp"]
 
 
 def test_main_writes_results(tmp_path, capsys):

@@ -66,6 +66,24 @@ def test_saturated_probabilities_like_torch(device):
     assert out.item() < -200  # two pixels at the clamp
 
 
+def test_reference_gradient_at_saturated_probabilities():
+    """The fallback (vaecuda.reference) has torch's gradient guard too: finite at p = 0 or 1."""
+    p = leaf(torch.tensor([[1.0, 0.0, 0.3, 1e-30]], dtype=torch.float64))
+    x = leaf(torch.tensor([[1.0, 0.0, 1.0, 1.0]], dtype=torch.float64))
+    ours = ref.bernoulli_log_prob(p, x, 1, probs=True)
+    pa, xa = leaf(p), leaf(x)
+    theirs = -F.binary_cross_entropy(pa, xa, reduction="none").sum(-1)
+    torch.testing.assert_close(ours, theirs)
+    ours.sum().backward()
+    theirs.sum().backward()
+    torch.testing.assert_close(p.grad, pa.grad)
+    # the target's gradient is that of the clamped terms (finite, as the kernels'); torch's is the
+    # unclamped log ratio, infinite at p = 0 or 1, so compare where nothing saturates
+    torch.testing.assert_close(x.grad[:, 2:], xa.grad[:, 2:])
+    assert torch.isfinite(x.grad).all() and x.grad[0, 0] == 100 and x.grad[0, 1] == -100
+    assert torch.isnan(ref.bernoulli_log_prob(torch.tensor([[1.5]]), torch.tensor([[1.0]]), 1, probs=True)).all()
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("layout", ["contiguous", "noncontiguous"])
 def test_gradcheck_float64(device, seed, layout):

@@ -115,6 +115,22 @@ def test_log_likelihood_chunks():
     assert got.dtype == torch.float32 and got.shape == (6,)
 
 
+def test_log_likelihood_chunks_with_a_key_tensor():
+    """A key tensor (seed, offset): chunk c uses (seed, offset + c), so more samples are more draws."""
+    torch.manual_seed(5)
+    m = VAE(30, (16,), 5)
+    x = binary(6, 30)
+    key = vaecuda.rng_state(9, 100)
+    small = m.log_likelihood(x, k=5, max_elements=5 * x.numel(), seed=key)
+    big = m.log_likelihood(x, k=50, max_elements=5 * x.numel(), seed=key)
+    assert not torch.allclose(small, big)
+    with torch.no_grad():
+        mu, lv = m.encode(x)
+        lw = torch.cat([m._log_weights(x, mu, lv, 5, vaecuda.rng_state(9, 100 + c)) for c in range(10)])
+    torch.testing.assert_close(big, torch.logsumexp(lw, 0) - math.log(50))
+    assert key.tolist() == [9, 100]  # the caller's key is left as it was
+
+
 def test_log_likelihood_above_elbo():
     torch.manual_seed(6)
     m = VAE(30, (16,), 5)

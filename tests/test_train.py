@@ -56,6 +56,53 @@ def _same_run(whole, parts):
     assert strip(ma) == strip(mb) and len(ma) == 3
 
 
+def test_resume_after_a_stop_between_metrics_and_checkpoint(tmp_path, monkeypatch):
+    """Killed after epoch 2's metrics line but before its checkpoint: the resumed run redoes epoch 2
+    and the metrics file has each epoch once; plain --resume keeps the run's own epoch count."""
+    run = str(tmp_path / "run")
+    real = T._save_atomic
+    calls = []
+
+    def dies_on_second(obj, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(obj, path)
+    monkeypatch.setattr(T, "_save_atomic", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(), run, progress=False, log=lambda *_: None)
+    monkeypatch.setattr(T, "_save_atomic", real)
+    # and a run stopped before its first checkpoint restarts from epoch 1 with its own config
+    early = str(tmp_path / "early")
+    calls.clear()
+    monkeypatch.setattr(T, "_save_atomic", lambda obj, path: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(epochs=2), early, progress=False, log=lambda *_: None)
+    monkeypatch.setattr(T, "_save_atomic", real)
+    assert len(T.train(T.Config(epochs=None), early, resume=True, progress=False, log=lambda *_: None)) == 2
+    with pytest.raises(T.RunError, match="no run to resume"):
+        T.train(T.Config(), str(tmp_path / "nothing"), resume=True, progress=False, log=lambda *_: None)
+    T.train(T.Config(epochs=None), run, resume=True, progress=False, log=lambda *_: None)
+    epochs = [json.loads(line)["epoch"] for line in open(os.path.join(run, "metrics.jsonl"))]
+    assert epochs == [1, 2, 3]
+    whole = str(tmp_path / "whole")
+    T.train(_cfg(), whole, progress=False, log=lambda *_: None)
+    _same_run(whole, run)
+    # --resume --epochs 4 extends the run and records the new length
+    assert main(["train", "--out", run, "--resume", "--epochs", "4", "--quiet", "--no-plots"]) == 0
+    assert json.load(open(os.path.join(run, "config.json")))["epochs"] == 4
+    assert main(["train", "--out", run, "--resume", "--quiet", "--no-plots"]) == 0  # nothing left to do
+    assert len(open(os.path.join(run, "metrics.jsonl")).readlines()) == 4
+
+
+def test_one_latent_dim_and_dynamic_binarization(tmp_path):
+    run = str(tmp_path / "run")
+    assert main(["train", "--out", run, "--data", DATA, "--epochs", "1", "--latent", "1", "--hidden", "16",
+                 "--binarize", "dynamic", "--quiet"]) == 0
+    assert os.path.exists(os.path.join(run, "latent.png"))
+    assert main(["evaluate", run, "--k", "20", "--quiet"]) == 0
+
+
 def test_fused_and_reference_ops_learn_alike(tmp_path):
     """Same seed, data and epochs: the fused ops and the reference ops end within noise of each other."""
     out = {}

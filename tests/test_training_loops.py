@@ -44,7 +44,7 @@ def test_autocast_mixed_dtypes_promote_to_float32():
     """A bf16 mu (autocast Linear) beside a float32 learned logvar or prior: computed in float32 under
     autocast, refused with a clear error outside it."""
     mu = torch.randn(4, 8, dtype=torch.bfloat16)
-    logvar = torch.zeros(8, requires_grad=True)  # a learned global variance, float32
+    logvar = torch.nn.Parameter(torch.zeros(8))  # a learned global variance, float32
     prior_mu = torch.zeros(8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z = vaecuda.reparameterize(mu, logvar, seed=1)

@@ -44,7 +44,8 @@ def _train_parser(sub):
     p.add_argument("--beta", type=float, default=d.beta)
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="KL warm-up length")
     p.add_argument("--free-bits", type=float, default=d.free_bits)
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"total epochs (default {d.epochs}; with --resume, the run's own unless given)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "cosine", "exponential"])
@@ -76,7 +77,7 @@ def _config(args):
         if getattr(args, name) is not None:
             arch[name] = getattr(args, name)
     values.update(arch)
-    return Config(**values)
+    return Config(**values, **({} if args.epochs is not None else {"epochs": None}))  # None: the run's own
 
 
 def main(argv=None) -> int:

@@ -57,6 +57,17 @@ def _fixed_noise(seed, shape, like: torch.Tensor) -> torch.Tensor:
     return _ref.normals(_ops.rng_state(seed, device=like.device), 0, math.prod(shape)).reshape(shape).to(like.dtype)
 
 
+def _chunk_key(seed, c: int, device):
+    """The noise key of chunk c of a multi-chunk estimate: distinct for every chunk."""
+    if seed is None:
+        return None  # a fresh draw from torch's generator
+    if isinstance(seed, torch.Tensor):
+        key = seed.clone()
+        key[1] += c  # on the key's device: no host sync
+        return key
+    return _ops.rng_state(seed, c, device)
+
+
 def _log_px(ops: str, logits, x, event_dims: int):
     """Per-row log p(x | logits); x broadcasts over leading sample dims of logits."""
     if ops == "fused":
@@ -140,7 +151,8 @@ class _VAEBase(nn.Module):
         for all k; x broadcasts against the [k, B, ...] logits, never copied k times."""
         z, _ = _sample_with_kl(self.ops, mu, logvar, n_samples=k, seed=seed)
         log_px = _log_px(self.ops, self.decode(z), x, self.event_dims)
-        zf, muf, lvf = z.float(), mu.float(), logvar.float()
+        acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+        zf, muf, lvf = z.to(acc), mu.to(acc), logvar.to(acc)
         eps = (zf - muf) * torch.exp(-0.5 * lvf)
         d = z.shape[-1]
         log_pz = -0.5 * (zf * zf).sum(-1) - 0.5 * d * _LOG_2PI
@@ -162,7 +174,8 @@ class _VAEBase(nn.Module):
         """Importance-sampled estimate of log p(x) with k samples per row: [B] (nats, float32).
 
         Samples are drawn in chunks so that a chunk's logits hold at most ``max_elements`` values;
-        memory stays bounded whatever k and B are. With an int seed, chunk c uses offset c."""
+        memory stays bounded whatever k and B are. Chunk c draws its own noise: with an int seed the
+        key (seed, c); with a key tensor (seed, offset), the key (seed, offset + c)."""
         self._check_x(x)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
@@ -173,8 +186,7 @@ class _VAEBase(nn.Module):
         done = 0
         while done < k:
             n = min(chunk, k - done)
-            key = seed if seed is None or isinstance(seed, torch.Tensor) else _ops.rng_state(seed, done // chunk, x.device)
-            lse = torch.logsumexp(self._log_weights(x, mu, logvar, n, key), 0)
+            lse = torch.logsumexp(self._log_weights(x, mu, logvar, n, _chunk_key(seed, done // chunk, x.device)), 0)
             total = lse if total is None else torch.logaddexp(total, lse)
             done += n
         return total - math.log(k)

@@ -5,7 +5,7 @@ Shapes: latents are ``[*batch, D]``; images are ``[*batch, *event]``. Inputs may
 float16 or bfloat16 (half types are computed and accumulated in float32), contiguous or not, and
 broadcast as in torch. Losses come back in float32 (float64 for float64 inputs); samples and
 gradients in the inputs' dtype. Mixed dtypes among mu, logvar and the prior are refused, not
-promoted: cast them to one dtype.
+promoted (cast them to one dtype), except under autocast, where they are computed in float32.
 """
 
 from __future__ import annotations
@@ -97,11 +97,11 @@ def _autocast_unify(*tensors):
     """Under autocast, latents of mixed float dtypes (a bf16 mu from an autocast Linear beside a
     float32 learned logvar or prior) are computed in float32, autocast's policy for losses; outside
     autocast mixed dtypes are refused (see _check_float). Returns the tensors, cast or not."""
-    ts = [t for t in tensors if type(t) is _Tensor]
+    ts = [t for t in tensors if isinstance(t, _Tensor)]  # nn.Parameter included
     if len(ts) < 2 or all(t.dtype is ts[0].dtype for t in ts):
         return tensors
     if all(t.dtype in _FLOATS for t in ts) and torch.is_autocast_enabled(ts[0].device.type):
-        return tuple(t.float() if type(t) is _Tensor and t.dtype != torch.float64 else t for t in tensors)
+        return tuple(t.float() if isinstance(t, _Tensor) and t.dtype != torch.float64 else t for t in tensors)
     return tensors
 
 

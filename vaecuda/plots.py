@@ -61,8 +61,10 @@ def write_all(run_dir: str, model, splits, device, seed: int = 0) -> list[str]:
         centred = mu - mu.mean(0)
         _, _, v = torch.linalg.svd(centred, full_matrices=False)
         xy, axes = centred @ v[:2].T, ("PC 1", "PC 2")
-    else:
+    elif mu.shape[1] == 2:
         xy, axes = mu, ("z1", "z2")
+    else:  # one latent dim: spread the points by their index
+        xy, axes = torch.stack([mu[:, 0], torch.arange(len(mu), dtype=mu.dtype)], 1), ("z1", "test image")
     fig, ax = plt.subplots(figsize=(6, 5))
     labels = splits.test_labels[:2000].numpy() if splits.test_labels is not None else None
     xy = xy.numpy()

@@ -174,12 +174,34 @@ def bernoulli_log_prob(logits, target, event_dims=1, probs=False):
     l = logits.to(acc)
     x = target.to(acc)
     if probs:
-        terms = x * _clamped_log(torch.log(l)) + (1.0 - x) * _clamped_log(torch.log1p(-l))
+        terms = _BernoulliProbsTerms.apply(l, x)
     else:
         terms = x * l - l.clamp_min(0) - torch.log1p(torch.exp(-l.abs()))
     return terms.sum(dim=tuple(range(-event_dims, 0)))
 
 
 def _clamped_log(log_v: torch.Tensor) -> torch.Tensor:
-    """max(log_v, -100), NaN kept, with the clamped side's gradient 0 (torch.clamp_min's)."""
+    """max(log_v, -100), NaN kept."""
     return log_v.clamp_min(-100.0)
+
+
+class _BernoulliProbsTerms(torch.autograd.Function):
+    """x max(log p, -100) + (1 - x) max(log(1 - p), -100) per element, with the gradients of torch's
+    binary_cross_entropy (autograd of the formula would give NaN at p = 0 or 1): d/dp =
+    (x - p) / max(p (1 - p), 1e-12), d/dx = max(log p, -100) - max(log(1 - p), -100). Values outside
+    [0, 1] give NaN rather than an error, as in the kernels."""
+
+    @staticmethod
+    def forward(ctx, p, x):
+        ctx.save_for_backward(p, x)
+        return x * _clamped_log(torch.log(p)) + (1.0 - x) * _clamped_log(torch.log1p(-p))
+
+    @staticmethod
+    def backward(ctx, g):
+        p, x = ctx.saved_tensors
+        dp = dx = None
+        if ctx.needs_input_grad[0]:
+            dp = g * (x - p) / (p * (1.0 - p)).clamp_min(1e-12)
+        if ctx.needs_input_grad[1]:
+            dx = g * (_clamped_log(torch.log(p)) - _clamped_log(torch.log1p(-p)))
+        return dp, dx

@@ -50,7 +50,7 @@ class Config:
     beta: float = 1.0
     warmup_epochs: float = 0.0         # KL warm-up: beta grows linearly from 0 over these epochs
     free_bits: float = 0.0
-    epochs: int = 10
+    epochs: int = 10                   # (None on resume: the run's own)
     batch_size: int = 128
     lr: float = 1e-3
     lr_schedule: str = "constant"      # constant | cosine | exponential
@@ -65,7 +65,7 @@ class Config:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "latent", "k"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.beta < 0 or self.free_bits < 0 or self.warmup_epochs < 0:
             raise ValueError("lr must be > 0; beta, free_bits and warmup_epochs >= 0")
@@ -94,6 +94,12 @@ def _lr_scheduler(opt, cfg: Config):
     if cfg.lr_schedule == "exponential":
         return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
+
+
+def _write_atomic(path: str, text: str):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def _save_atomic(obj, path: str):
@@ -131,16 +137,20 @@ def train(cfg: Config, out_dir: str, *, resume: bool = False, stop_after: int | 
     resumed run may be given more epochs, except under the cosine schedule, which --epochs fixes."""
     cfg_path, ckpt_path = os.path.join(out_dir, "config.json"), os.path.join(out_dir, "checkpoint.pt")
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
-    if resume:
-        if not os.path.exists(ckpt_path):
-            raise RunError(f"{out_dir}: no checkpoint.pt to resume from")
+    fresh_restart = resume and not os.path.exists(ckpt_path) and os.path.exists(cfg_path)
+    if resume and not os.path.exists(cfg_path):
+        raise RunError(f"{out_dir}: no run to resume (no config.json)")
+    if resume:  # a run stopped before its first checkpoint restarts from epoch 1 with its own config
         saved = Config(**json.load(open(cfg_path)))
-        if saved.lr_schedule == "cosine" and cfg.epochs != saved.epochs:
+        epochs = saved.epochs if cfg.epochs is None else cfg.epochs  # a resumed run may run longer
+        if saved.lr_schedule == "cosine" and epochs != saved.epochs:
             raise RunError(f"{out_dir}: its cosine learning-rate schedule spans {saved.epochs} epochs; "
                            f"resume it with --epochs {saved.epochs}")
-        cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device)  # a resumed run may run longer
+        cfg = dataclasses.replace(saved, epochs=epochs, device=cfg.device)
     elif os.path.exists(cfg_path):
         raise RunError(f"{out_dir} already holds a run (config.json): use --resume to continue it, or another --out")
+    if cfg.epochs is None:
+        cfg = dataclasses.replace(cfg, epochs=Config.epochs)
     cfg.check()
     device = device_of(cfg)
     splits = _data.load(cfg.data, seed=cfg.seed, binarize=cfg.binarize)
@@ -149,7 +159,11 @@ def train(cfg: Config, out_dir: str, *, resume: bool = False, stop_after: int | 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = _lr_scheduler(opt, cfg)
     start_epoch, step, history = 0, 0, []
-    if resume:
+    if fresh_restart:
+        log(f"{out_dir}: no checkpoint yet, starting the run again from epoch 1")
+        open(metrics_path, "w").close()
+        _write_atomic(cfg_path, json.dumps(dataclasses.asdict(cfg), indent=1))
+    elif resume:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         try:
             model.load_state_dict(ckpt["model"])
@@ -159,7 +173,11 @@ def train(cfg: Config, out_dir: str, *, resume: bool = False, stop_after: int | 
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, step = ckpt["epoch"], ckpt["step"]
+        # the lines of epochs after the checkpoint (a stop between the metrics line and the save) go
         history = [json.loads(line) for line in open(metrics_path)][:start_epoch]
+        _write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        if cfg.epochs != saved.epochs:
+            _write_atomic(cfg_path, json.dumps(dataclasses.asdict(cfg), indent=1))
         if start_epoch >= cfg.epochs:
             log(f"{out_dir}: already trained for {start_epoch} epochs (asked {cfg.epochs}); nothing to do")
             return history
@@ -242,22 +260,23 @@ def evaluate(run_dir: str, *, k: int = 5000, limit: int | None = None, kde: bool
     cfg, model, splits = load_run(run_dir, device)
     dev = device_of(cfg)
     test = splits.test if limit is None else splits.test[:limit]
-    if splits.binarize == "dynamic":  # evaluate on one fixed binarization of the test set
-        test = torch.bernoulli(test, generator=torch.Generator().manual_seed(cfg.seed))
+    binary = (lambda t, i: t if splits.binarize != "dynamic" else  # noqa: E731
+              torch.bernoulli(t, generator=torch.Generator().manual_seed(cfg.seed * 3 + i)))
+    test = binary(test, 2)  # dynamic binarization: one fixed draw per split, each split its own
     view = _data.Splits(splits.train, splits.valid, test, splits.image_shape, splits.name, "fixed")
     out = {"run": run_dir, "test_images": len(test), "k": k, "test_elbo": mean_elbo(model, view, "test", dev)}
     ll, batch = [], max(1, min(100, (1 << 22) // max(1, k)))
     chunks = range(0, len(test), batch)
     for j, i in enumerate(_progress(chunks, len(chunks), f"log p(x), k={k}", progress)):
         x = _shape_batch(model, test[i:i + batch].to(dev))
-        ll.append(model.log_likelihood(x, k=k, seed=rng_state(cfg.seed, _VALID_OFFSET * 2 + j, dev)).cpu())
+        # batch j's key (seed, base + j * 2^20); its chunks add 0, 1, ... to the offset
+        ll.append(model.log_likelihood(x, k=k, seed=rng_state(cfg.seed, _VALID_OFFSET * 2 + (j << 20), dev)).cpu())
     out["test_log_likelihood"] = float(torch.cat(ll).mean())
     out["test_nll"] = -out["test_log_likelihood"]
     out["active_units"] = model.active_units(_shape_batch(model, test.to(dev)))
     out["latent"] = cfg.latent
     if kde:
-        train_x, valid_x = (s if splits.binarize != "dynamic" else torch.bernoulli(
-            s, generator=torch.Generator().manual_seed(cfg.seed)) for s in (splits.train, splits.valid))
+        train_x, valid_x = binary(splits.train, 0), binary(splits.valid, 1)
         lam, scores = _kde.fit_bandwidth(train_x, valid_x)
         out["kde"] = {"bandwidth": lam, "valid_scores": scores,
                       "test_log_likelihood": float(_kde.log_likelihood(test, train_x, lam).mean())}

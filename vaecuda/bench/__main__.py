@@ -66,7 +66,8 @@ def parse(argv=None):
     p.add_argument("--device", default=None, help="cpu or cuda[:n] (default: cuda if available)")
     p.add_argument("--shapes", nargs="+", choices=list(workloads.ALL_SHAPES), metavar="SHAPE",
                    help=f"named shapes: {', '.join(workloads.ALL_SHAPES)}")
-    p.add_argument("--ops", nargs="+", choices=list(workloads.OPS), help="ops and the loss head ([] for none)")
+    p.add_argument("--ops", nargs="*", choices=list(workloads.OPS),
+                   help="ops and the loss head (give none, '--ops', for training steps only)")
     p.add_argument("--modes", nargs="+", choices=list(workloads.MODES))
     p.add_argument("--train", nargs="*", choices=list(workloads.MODELS), help="training steps of these VAEs")
     p.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16", "float16", "float64"])

@@ -102,9 +102,13 @@ def fixed_eps(shape, device, dtype):
 # ---------------------------------------------------------------------------------------------------
 def min_bytes(work: str, mode: str, dims: dict, esize: int) -> int | None:
     """The least bytes one step must move: each input read once per pass that needs it, each output
-    written once (losses are float32). The backward regenerates eps instead of reading it."""
+    written once (losses are float32, float64 for float64 inputs). The backward regenerates eps
+    instead of reading it."""
     B, D, P, K = dims["B"], dims.get("D", 0), dims.get("P", 0), dims.get("K", 1)
-    lat, pix, row = B * D * esize, B * P * esize, B * 4
+    loss_size = 8 if esize == 8 else 4
+    lat, pix, row = B * D * esize, B * P * esize, B * loss_size
+    if work == "bernoulli":
+        row *= K  # one log-likelihood per sample and row
     bwd = mode == "fwd+bwd"
     if work == "sample":      # fwd: mu, lv -> z (K samples); bwd: gz, lv -> gmu, glv
         return 2 * lat + K * lat + (K * lat + 3 * lat if bwd else 0)
@@ -187,7 +191,12 @@ def op_case(work: str, shape: str, mode: str, device, dtype, cuda_extras: bool) 
     extra = set()
     if cuda_extras:
         ro = torch.compile(target, mode="reduce-overhead", dynamic=False)
-        providers["compile-ro"] = lambda fixed: tuple(t.clone() for t in call(ro, fixed))
+
+        def reduce_overhead(fixed):
+            torch.compiler.cudagraph_mark_step_begin()  # each call a new step: earlier outputs may be reused
+            outs = call(ro, fixed)
+            return tuple(t.clone() for t in outs) if fixed else outs  # the check keeps its outputs
+        providers["compile-ro"] = reduce_overhead
         extra.add("compile-ro")
     case = Case(work, shape, mode, dims, providers, {p: list(inputs) for p in providers}, grads,
                 min_bytes(work, mode, dims, torch.finfo(dtype).bits // 8), compiled={"compile"} | extra)
