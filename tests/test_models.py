@@ -98,17 +98,22 @@ def test_iwae_bound_tightens_with_k():
     assert abs(float(k1 - elbo)) < 0.1 * abs(float(elbo))
 
 
+@torch.no_grad()
+def _by_hand(m, x, chunk, keys):
+    """log p(x) from chunks of `chunk` samples, chunk c keyed by keys[c]."""
+    mu, lv = m.encode(x)
+    lw = torch.cat([m._log_weights(x, mu, lv, chunk, key) for key in keys])
+    return torch.logsumexp(lw, 0) - math.log(chunk * len(keys))
+
+
 def test_log_likelihood_chunks():
     torch.manual_seed(5)
     m = VAE(30, (16,), 5)
     x = binary(6, 30)
     k, chunk = 40, 8
     got = m.log_likelihood(x, k=k, max_elements=chunk * x.numel(), seed=9)
-    # by hand: chunk c of 8 samples keyed by (seed 9, offset c)
-    with torch.no_grad():
-        mu, lv = m.encode(x)
-        lw = torch.cat([m._log_weights(x, mu, lv, chunk, vaecuda.rng_state(9, c)) for c in range(k // chunk)])
-    torch.testing.assert_close(got, torch.logsumexp(lw, 0) - math.log(k))
+    # chunk c of 8 samples keyed by (seed 9, offset c)
+    torch.testing.assert_close(got, _by_hand(m, x, chunk, [vaecuda.rng_state(9, c) for c in range(k // chunk)]))
     # the chunking is invisible in distribution: one big chunk gives a close estimate
     whole = m.log_likelihood(x, k=k, seed=9)
     assert torch.allclose(got, whole, atol=2.0)
@@ -124,10 +129,7 @@ def test_log_likelihood_chunks_with_a_key_tensor():
     small = m.log_likelihood(x, k=5, max_elements=5 * x.numel(), seed=key)
     big = m.log_likelihood(x, k=50, max_elements=5 * x.numel(), seed=key)
     assert not torch.allclose(small, big)
-    with torch.no_grad():
-        mu, lv = m.encode(x)
-        lw = torch.cat([m._log_weights(x, mu, lv, 5, vaecuda.rng_state(9, 100 + c)) for c in range(10)])
-    torch.testing.assert_close(big, torch.logsumexp(lw, 0) - math.log(50))
+    torch.testing.assert_close(big, _by_hand(m, x, 5, [vaecuda.rng_state(9, 100 + c) for c in range(10)]))
     assert key.tolist() == [9, 100]  # the caller's key is left as it was
 
 
