@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA path in one call on a bare GPU machine (torch, nvcc and ninja there, no network):
-# build from source, run the whole test suite with the CUDA tests enabled, run the benchmark suite on
-# the GPU, and print a short table last. Results land in $OUT (the device tool's folder) or
+# build from source, run the CUDA tests and then the whole suite, run the benchmark suite on the GPU
+# (its table), then a short training run. Every stage writes its log to $OUT as it goes, so a call
+# cut off by a time limit still brings back what it did. Results land in $OUT (the device tool's folder) or
 # benchmarks/results.
 #   bash benchmarks/gpu_check.sh            # quick suite
 #   SUITE=full bash benchmarks/gpu_check.sh
@@ -23,13 +24,18 @@ grep "vaecuda build" "$out/gpu_build.log" || true
 echo "built in $(( $(date +%s) - start )) s"
 "$py" -c "import vaecuda, json; print(json.dumps(vaecuda.backend_info()['build']))"
 
-echo "== tests (CPU and CUDA)"
+stamp() { echo "   [$(( $(date +%s) - start ))s since the build started]"; }
+echo "== CUDA-only tests first (noise bits, graphs, syncs, autocast), then the whole suite"
+"$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/gpu_cuda_tests.log" | tail -n 8
+stamp
 xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
 "$py" -m pytest -q -p no:cacheprovider $xdist 2>&1 | tee "$out/gpu_tests.log" | tail -n 15
+stamp
 
 echo "== benchmark suite on the GPU"
 "$py" -m vaecuda.bench --device cuda --suite "${SUITE:-quick}" --out "$out" 2>"$out/gpu_bench.err" \
   | tee "$out/gpu_bench.txt" | tail -n 40
+stamp
 
 echo "== the reference VAE on the GPU: a short digits run, evaluated, and the drop-in example"
 if "$py" -c "import sklearn" 2>/dev/null; then
