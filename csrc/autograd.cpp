@@ -165,22 +165,45 @@ using BernSig = Tensor(const Tensor&, const Tensor&, int64_t, bool);
 using BernBwdSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, int64_t, bool,
                                               std::array<bool, 2>);
 
+using BernGradSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, int64_t, bool);
+
+// When logits require grad, the forward also writes d/dlogits per element from the exponentials it
+// computes anyway (Liger-style), and the backward is one multiply by the per-row upstream gradient.
+// The cost: one saved tensor the size of logits. A backward that builds a graph (create_graph=True)
+// takes the backward op instead, so that a second derivative raises rather than comes out wrong.
 struct BernoulliLogProb : torch::autograd::Function<BernoulliLogProb> {
   static Tensor forward(AutogradContext* ctx, const Tensor& logits, const Tensor& target, int64_t event_dims,
                         bool probs) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto f = op<BernSig>("vaecuda::bernoulli_log_prob");
-    ctx->save_for_backward({logits, target});
     ctx->saved_data["event_dims"] = event_dims;
     ctx->saved_data["probs"] = probs;
+    if (logits.requires_grad()) {
+      static auto fg = op<BernGradSig>("vaecuda::_bernoulli_log_prob_and_grad");
+      auto [out, dl] = fg.call(logits, target, event_dims, probs);
+      ctx->save_for_backward({logits, target, dl});
+      return out;
+    }
+    static auto f = op<BernSig>("vaecuda::bernoulli_log_prob");
+    ctx->save_for_backward({logits, target});
     return f.call(logits, target, event_dims, probs);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static auto bwd = op<BernBwdSig>("vaecuda::bernoulli_log_prob_backward");
     const variable_list s = ctx->get_saved_variables();
+    const int64_t event_dims = ctx->saved_data["event_dims"].toInt();
+    const bool probs = ctx->saved_data["probs"].toBool();
     const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
-    auto [dl, dx] = bwd.call(grads[0], s[0], s[1], ctx->saved_data["event_dims"].toInt(),
-                             ctx->saved_data["probs"].toBool(), mask);
+    if (s.size() == 3 && mask[0] && !at::GradMode::is_enabled()) {
+      // [*batch] -> [*batch, 1, ...]; symbolic sizes, so a compiled graph stays dynamic in the batch
+      std::vector<c10::SymInt> shape(grads[0].sym_sizes().begin(), grads[0].sym_sizes().end());
+      shape.resize(shape.size() + static_cast<size_t>(event_dims), c10::SymInt(1));
+      Tensor dl = s[2] * grads[0].reshape_symint(shape);
+      if (dl.scalar_type() != s[0].scalar_type()) dl = dl.to(s[0].scalar_type());
+      Tensor dx;
+      if (mask[1]) dx = std::get<1>(bwd.call(grads[0], s[0], s[1], event_dims, probs, {false, true}));
+      return {dl, maybe(mask[1], dx), Tensor(), Tensor()};
+    }
+    auto [dl, dx] = bwd.call(grads[0], s[0], s[1], event_dims, probs, mask);
     return {maybe(mask[0], dl), maybe(mask[1], dx), Tensor(), Tensor()};
   }
 };

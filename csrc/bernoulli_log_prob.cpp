@@ -57,6 +57,20 @@ at::Tensor bernoulli_log_prob(const at::Tensor& logits, const at::Tensor& target
   return out;
 }
 
+// The forward and d/dlogits in one pass, for a backward that is then one multiply (autograd.cpp).
+std::tuple<at::Tensor, at::Tensor> bernoulli_log_prob_and_grad(const at::Tensor& logits, const at::Tensor& target,
+                                                               int64_t event_dims, bool probs) {
+  c10::DeviceGuard guard(logits.device());
+  BernoulliProblem p = bernoulli_problem(logits, target, event_dims, probs);
+  at::Tensor out = at::empty(logits.sizes().slice(0, logits.dim() - event_dims),
+                             logits.options().dtype(acc_dtype(logits.scalar_type())));
+  at::Tensor dl = at::empty(logits.sizes(), logits.options());
+  p.args.out = out.data_ptr();
+  p.args.d_logits = dl.data_ptr();
+  launch(p.args, logits.device());
+  return {out, dl};
+}
+
 std::tuple<at::Tensor, at::Tensor> bernoulli_log_prob_backward(const at::Tensor& grad, const at::Tensor& logits,
                                                                const at::Tensor& target, int64_t event_dims,
                                                                bool probs, std::array<bool, 2> output_mask) {
@@ -91,11 +105,13 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_log_prob_backward(const at::Tensor&
 
 TORCH_LIBRARY_IMPL(vaecuda, CPU, m) {
   m.impl("bernoulli_log_prob", &bernoulli_log_prob);
+  m.impl("_bernoulli_log_prob_and_grad", &bernoulli_log_prob_and_grad);
   m.impl("bernoulli_log_prob_backward", &bernoulli_log_prob_backward);
 }
 #if defined(VAECUDA_WITH_CUDA)
 TORCH_LIBRARY_IMPL(vaecuda, CUDA, m) {
   m.impl("bernoulli_log_prob", &bernoulli_log_prob);
+  m.impl("_bernoulli_log_prob_and_grad", &bernoulli_log_prob_and_grad);
   m.impl("bernoulli_log_prob_backward", &bernoulli_log_prob_backward);
 }
 #endif

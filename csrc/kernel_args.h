@@ -68,6 +68,8 @@ struct BernoulliArgs {
   const void* target = nullptr;
   RowView v_logits, v_target;
   void* out = nullptr;                             // contiguous [rows], accumulation type
+  void* d_logits = nullptr;                        // or null; else also d out / d logits per element,
+                                                   // contiguous [rows, cols] in logits dtype
 };
 
 struct BernoulliBackwardArgs {

@@ -323,10 +323,20 @@ VAE_HD T bernoulli_log_prob(T l, T x) {
 }
 // d/dl = x - sigmoid(l), sigmoid computed from e = e^-|l| on the side where it cannot overflow.
 template <typename T>
+VAE_HD T sigmoid_from_exp_abs(T l, T e) {
+  return l >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+}
+template <typename T>
 VAE_HD T bernoulli_log_prob_grad_logits(T l, T x) {
+  return x - sigmoid_from_exp_abs(l, fast_exp(-(l < T(0) ? -l : l)));
+}
+// Both from one e^-|l| (the forward that also returns the gradient): the same bits as the two above.
+template <typename T>
+VAE_HD T bernoulli_log_prob_and_grad(T l, T x, T& dl) {
   const T e = fast_exp(-(l < T(0) ? -l : l));
-  const T sig = l >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
-  return x - sig;
+  const T pos = l > T(0) ? l : T(0);
+  dl = x - sigmoid_from_exp_abs(l, e);
+  return x * l - pos - log1p_unit(e);
 }
 // d/dx = l (the target enters linearly).
 

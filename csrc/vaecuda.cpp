@@ -30,6 +30,9 @@ TORCH_LIBRARY(vaecuda, m) {
   m.def("bernoulli_log_prob(Tensor logits, Tensor target, int event_dims=1, bool probs=False) -> Tensor");
   m.def("bernoulli_log_prob_backward(Tensor grad, Tensor logits, Tensor target, int event_dims, bool probs, "
         "bool[2] output_mask) -> (Tensor, Tensor)");
+  // The forward with d/dlogits per element (unscaled), used when logits require grad.
+  m.def("_bernoulli_log_prob_and_grad(Tensor logits, Tensor target, int event_dims, bool probs) "
+        "-> (Tensor, Tensor)");
   // Test and benchmark hooks: the sampling kernels' noise, and the cheapest op on this binding path.
   m.def("_normals(Tensor rng_state, int first, int count) -> Tensor");
   m.def("_scale(Tensor x, float alpha) -> Tensor");

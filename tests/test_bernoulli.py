@@ -8,7 +8,7 @@ from torch.distributions import Bernoulli, Independent
 import vaecuda
 from vaecuda import reference as ref
 
-from conftest import FLOAT_DTYPES, LOSS_TOL, VALUE_TOL, leaf, noncontiguous
+from conftest import FLOAT_DTYPES, LOSS_TOL, VALUE_TOL, leaf, noncontiguous, requires_compiled
 
 TARGET_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8, torch.bool]
 
@@ -147,3 +147,21 @@ def test_gradient_only_where_asked(device):
     x = leaf(x)
     vaecuda.bernoulli_log_prob(logits.detach(), x).sum().backward()
     torch.testing.assert_close(x.grad, logits.detach())
+
+
+@requires_compiled
+@pytest.mark.parametrize("probs", [False, True])
+def test_gradient_from_the_forward_equals_the_backward_op(device, probs):
+    """With logits requiring grad the forward also writes d/dlogits and the backward multiplies it by
+    the upstream gradient; that equals the backward op (used under create_graph=True) bit for bit."""
+    l = torch.rand(6, 2, 50, device=device) if probs else _logits((6, 2, 50), torch.float32, device)
+    x = _target((2, 50), torch.float32, device, soft=True)
+    g = torch.randn(6, 2, device=device)
+    a = leaf(l)
+    fn = vaecuda.bernoulli_log_prob_from_probs if probs else vaecuda.bernoulli_log_prob
+    (got,) = torch.autograd.grad(fn(a, x), [a], g)
+    want = torch.ops.vaecuda.bernoulli_log_prob_backward(g, l, x, 1, probs, [True, False])[0]
+    assert torch.equal(got, want)
+    b = leaf(l)
+    (graph_grad,) = torch.autograd.grad(fn(b, x), [b], g, create_graph=True)  # the backward op's path
+    assert torch.equal(graph_grad.detach(), want)

@@ -56,6 +56,11 @@ def _bernoulli_log_prob(logits, target, event_dims=1, probs=False):
     return logits.new_empty(logits.shape[:logits.dim() - event_dims], dtype=_acc_dtype(logits.dtype))
 
 
+@torch.library.register_fake("vaecuda::_bernoulli_log_prob_and_grad")
+def _bernoulli_log_prob_and_grad(logits, target, event_dims, probs):
+    return _bernoulli_log_prob(logits, target, event_dims, probs), logits.new_empty(logits.shape)
+
+
 @torch.library.register_fake("vaecuda::bernoulli_log_prob_backward")
 def _bernoulli_log_prob_backward(grad, logits, target, event_dims, probs, output_mask):
     d_target = output_mask[1] and target.dtype.is_floating_point

@@ -365,6 +365,15 @@ inline A bernoulli_term_grad_input(A v, A x) {
   else return bernoulli_log_prob_grad_logits(v, x);
 }
 template <bool Probs, typename A>
+inline A bernoulli_term_and_grad(A v, A x, A& dv) {
+  if constexpr (Probs) {
+    dv = bernoulli_log_prob_probs_grad_p(v, x);
+    return bernoulli_log_prob_probs(v, x);
+  } else {
+    return bernoulli_log_prob_and_grad(v, x, dv);
+  }
+}
+template <bool Probs, typename A>
 inline A bernoulli_term_grad_target(A v) {
   if constexpr (Probs) return bernoulli_log_prob_probs_grad_x(v);
   else return v;
@@ -375,14 +384,25 @@ void bernoulli_rows(const BernoulliArgs& a, int64_t r0, int64_t r1) {
   using A = typename Acc<TL>::type;
   A tmp[kBlock];
   A* out = static_cast<A*>(a.out);
+  TL* dl = static_cast<TL*>(a.d_logits);
   for (int64_t r = r0; r < r1; ++r) {
     const TL* l = static_cast<const TL*>(a.logits) + a.v_logits.row_offset(r);
     const TX* x = static_cast<const TX*>(a.target) + a.v_target.row_offset(r);
     LaneSum<A> sum;
     for_each_block(a.cols, [&](int64_t c0, int64_t n) {
-      for (int64_t j = 0; j < n; ++j)
-        tmp[j] = bernoulli_term<Probs, A>(at<RowContig>(l, c0 + j, a.v_logits.col_stride),
-                                          static_cast<A>(at<RowContig>(x, c0 + j, a.v_target.col_stride)));
+      if (dl) {  // the gradient too, from the same exponentials (see BernoulliArgs::d_logits)
+        TL* d = dl + r * a.cols + c0;
+        for (int64_t j = 0; j < n; ++j) {
+          A g;
+          tmp[j] = bernoulli_term_and_grad<Probs, A>(at<RowContig>(l, c0 + j, a.v_logits.col_stride),
+                                                     static_cast<A>(at<RowContig>(x, c0 + j, a.v_target.col_stride)), g);
+          d[j] = from_acc<TL>(g);
+        }
+      } else {
+        for (int64_t j = 0; j < n; ++j)
+          tmp[j] = bernoulli_term<Probs, A>(at<RowContig>(l, c0 + j, a.v_logits.col_stride),
+                                            static_cast<A>(at<RowContig>(x, c0 + j, a.v_target.col_stride)));
+      }
       sum.add(tmp, n);
     });
     out[r] = sum.total();

@@ -18,6 +18,15 @@ __device__ __forceinline__ A bernoulli_term_grad_input(A v, A x) {
   else return bernoulli_log_prob_grad_logits(v, x);
 }
 template <bool Probs, typename A>
+__device__ __forceinline__ A bernoulli_term_and_grad(A v, A x, A& dv) {
+  if constexpr (Probs) {
+    dv = bernoulli_log_prob_probs_grad_p(v, x);
+    return bernoulli_log_prob_probs(v, x);
+  } else {
+    return bernoulli_log_prob_and_grad(v, x, dv);
+  }
+}
+template <bool Probs, typename A>
 __device__ __forceinline__ A bernoulli_term_grad_target(A v) {
   if constexpr (Probs) return bernoulli_log_prob_probs_grad_x(v);
   else return v;
@@ -32,8 +41,17 @@ __global__ void bernoulli_forward_kernel(BernoulliArgs a) {
     const TL* l = static_cast<const TL*>(a.logits) + a.v_logits.row_offset(r);
     const TX* x = static_cast<const TX*>(a.target) + a.v_target.row_offset(r);
     A acc = A(0);
-    for (int64_t j = lane; j < a.cols; j += 32)
-      acc += bernoulli_term<Probs, A>(at(l, j, a.v_logits.col_stride), static_cast<A>(at(x, j, a.v_target.col_stride)));
+    TL* dl = a.d_logits ? static_cast<TL*>(a.d_logits) + r * a.cols : nullptr;
+    for (int64_t j = lane; j < a.cols; j += 32) {
+      const A v = at(l, j, a.v_logits.col_stride), xv = static_cast<A>(at(x, j, a.v_target.col_stride));
+      if (dl) {  // the gradient too, from the same exponentials
+        A g;
+        acc += bernoulli_term_and_grad<Probs, A>(v, xv, g);
+        dl[j] = from_acc<TL>(g);
+      } else {
+        acc += bernoulli_term<Probs, A>(v, xv);
+      }
+    }
     acc = warp_sum(acc);
     if (lane == 0) static_cast<A*>(a.out)[r] = acc;
   }
