@@ -386,5 +386,32 @@ VAE_HD T bernoulli_log_prob_probs_grad_x(T p) {
   return clamped_log(p) - clamped_log1m(p);
 }
 
+// The per-pixel term and its derivatives, from logits or (Probs) from probabilities: the one switch
+// between the two forms, for the CPU and the CUDA kernels.
+template <bool Probs, typename T>
+VAE_HD T bernoulli_term(T v, T x) {
+  if constexpr (Probs) return bernoulli_log_prob_probs(v, x);
+  else return bernoulli_log_prob(v, x);
+}
+template <bool Probs, typename T>
+VAE_HD T bernoulli_term_grad_input(T v, T x) {
+  if constexpr (Probs) return bernoulli_log_prob_probs_grad_p(v, x);
+  else return bernoulli_log_prob_grad_logits(v, x);
+}
+template <bool Probs, typename T>
+VAE_HD T bernoulli_term_and_grad(T v, T x, T& dv) {
+  if constexpr (Probs) {
+    dv = bernoulli_log_prob_probs_grad_p(v, x);
+    return bernoulli_log_prob_probs(v, x);
+  } else {
+    return bernoulli_log_prob_and_grad(v, x, dv);
+  }
+}
+template <bool Probs, typename T>
+VAE_HD T bernoulli_term_grad_target(T v) {
+  if constexpr (Probs) return bernoulli_log_prob_probs_grad_x(v);
+  else return v;
+}
+
 }  // namespace math
 }  // namespace vaecuda

@@ -353,32 +353,6 @@ void reparam_backward_rows(const ReparamBackwardArgs& b, int64_t r0, int64_t r1)
 
 // ---------------------------------------------------------------------------------------------------
 // Bernoulli log-likelihood.
-// The per-pixel term and its derivatives, from logits or (Probs) from probabilities.
-template <bool Probs, typename A>
-inline A bernoulli_term(A v, A x) {
-  if constexpr (Probs) return bernoulli_log_prob_probs(v, x);
-  else return bernoulli_log_prob(v, x);
-}
-template <bool Probs, typename A>
-inline A bernoulli_term_grad_input(A v, A x) {
-  if constexpr (Probs) return bernoulli_log_prob_probs_grad_p(v, x);
-  else return bernoulli_log_prob_grad_logits(v, x);
-}
-template <bool Probs, typename A>
-inline A bernoulli_term_and_grad(A v, A x, A& dv) {
-  if constexpr (Probs) {
-    dv = bernoulli_log_prob_probs_grad_p(v, x);
-    return bernoulli_log_prob_probs(v, x);
-  } else {
-    return bernoulli_log_prob_and_grad(v, x, dv);
-  }
-}
-template <bool Probs, typename A>
-inline A bernoulli_term_grad_target(A v) {
-  if constexpr (Probs) return bernoulli_log_prob_probs_grad_x(v);
-  else return v;
-}
-
 template <typename TL, typename TX, bool RowContig, bool Probs>
 void bernoulli_rows(const BernoulliArgs& a, int64_t r0, int64_t r1) {
   using A = typename Acc<TL>::type;

@@ -6,32 +6,6 @@
 namespace vaecuda {
 namespace cuda {
 
-// The per-pixel term and its derivatives, from logits or (Probs) from probabilities.
-template <bool Probs, typename A>
-__device__ __forceinline__ A bernoulli_term(A v, A x) {
-  if constexpr (Probs) return bernoulli_log_prob_probs(v, x);
-  else return bernoulli_log_prob(v, x);
-}
-template <bool Probs, typename A>
-__device__ __forceinline__ A bernoulli_term_grad_input(A v, A x) {
-  if constexpr (Probs) return bernoulli_log_prob_probs_grad_p(v, x);
-  else return bernoulli_log_prob_grad_logits(v, x);
-}
-template <bool Probs, typename A>
-__device__ __forceinline__ A bernoulli_term_and_grad(A v, A x, A& dv) {
-  if constexpr (Probs) {
-    dv = bernoulli_log_prob_probs_grad_p(v, x);
-    return bernoulli_log_prob_probs(v, x);
-  } else {
-    return bernoulli_log_prob_and_grad(v, x, dv);
-  }
-}
-template <bool Probs, typename A>
-__device__ __forceinline__ A bernoulli_term_grad_target(A v) {
-  if constexpr (Probs) return bernoulli_log_prob_probs_grad_x(v);
-  else return v;
-}
-
 template <typename TL, typename TX, bool Probs>
 __global__ void bernoulli_forward_kernel(BernoulliArgs a) {
   using A = typename Acc<TL>::type;
