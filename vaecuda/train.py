@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ import torch
 from . import data as _data
 from . import kde as _kde
 from . import models
+from ._progress import progress as _progress
 from .ops import rng_state
 
 PRESETS = {
@@ -108,16 +108,6 @@ def _save_atomic(obj, path: str):
     os.replace(tmp, path)
 
 
-def _progress(iterable, total, desc, enabled):
-    if enabled:
-        try:
-            from tqdm import tqdm
-            return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
-        except ImportError:
-            pass
-    return iterable
-
-
 @torch.no_grad()
 def mean_elbo(model, splits, split: str, device, batch_size: int = 1000, offset: int = _VALID_OFFSET) -> float:
     """Mean per-image ELBO (nats) of a split, one sample per image, noise keyed by ``offset``."""
@@ -195,8 +185,8 @@ def train(cfg: Config, out_dir: str, *, resume: bool = False, stop_after: int | 
         model.train()
         t0, total, seen = time.perf_counter(), 0.0, 0
         order = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        bar = _progress(splits.batches("train", cfg.batch_size, shuffle=True, generator=order), steps_per_epoch,
-                        f"epoch {epoch}/{cfg.epochs}", progress)
+        bar = _progress(splits.batches("train", cfg.batch_size, shuffle=True, generator=order),
+                        f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch, enabled=progress, leave=False)
         for x in bar:
             x = _shape_batch(model, x.to(device))
             beta = cfg.beta * (min(1.0, (step + 1) / (cfg.warmup_epochs * steps_per_epoch))
@@ -267,7 +257,7 @@ def evaluate(run_dir: str, *, k: int = 5000, limit: int | None = None, kde: bool
     out = {"run": run_dir, "test_images": len(test), "k": k, "test_elbo": mean_elbo(model, view, "test", dev)}
     ll, batch = [], max(1, min(100, (1 << 22) // max(1, k)))
     chunks = range(0, len(test), batch)
-    for j, i in enumerate(_progress(chunks, len(chunks), f"log p(x), k={k}", progress)):
+    for j, i in enumerate(_progress(chunks, f"log p(x), k={k}", total=len(chunks), enabled=progress, leave=False)):
         x = _shape_batch(model, test[i:i + batch].to(dev))
         # batch j's key (seed, base + j * 2^20); its chunks add 0, 1, ... to the offset
         ll.append(model.log_likelihood(x, k=k, seed=rng_state(cfg.seed, _VALID_OFFSET * 2 + (j << 20), dev)).cpu())

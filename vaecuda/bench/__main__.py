@@ -23,6 +23,7 @@ import torch
 
 import vaecuda
 
+from .._progress import progress
 from . import harness, report, workloads
 
 SUITES = {
@@ -110,14 +111,6 @@ def build(kind, name, shape, mode, dtype, device):
     if kind == "train":
         return workloads.train_case(name, device, dt)
     return workloads.op_case(name, shape, mode, device, dt, cuda_extras=device.type == "cuda")
-
-
-def progress(items, desc):
-    try:
-        from tqdm import tqdm
-        return tqdm(items, desc=desc, file=sys.stderr, dynamic_ncols=True)
-    except ImportError:
-        return items
 
 
 def main(argv=None) -> int:
