@@ -70,3 +70,20 @@ def assert_matches_reference(fn, reference, inputs, dtype: torch.dtype) -> torch
             assert a.grad.dtype == a.dtype
             torch.testing.assert_close(a.grad, b.grad, **VALUE_TOL[dtype])
     return out
+
+
+@pytest.fixture(scope="session")
+def binary_npz(tmp_path_factory):
+    """A small binarized-image data set in the .npz format (no download, no scikit-learn): 8x8 images
+    drawn around 10 random prototypes with 10% of pixels flipped."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    protos = rng.random((10, 64)) < 0.35
+
+    def draw(n):
+        x = protos[rng.integers(0, 10, n)] ^ (rng.random((n, 64)) < 0.1)
+        return x.astype(np.uint8)
+
+    path = tmp_path_factory.mktemp("data") / "toy.npz"
+    np.savez(path, train=draw(600), valid=draw(100), test=draw(100))
+    return str(path)

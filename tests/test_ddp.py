@@ -4,6 +4,7 @@ step their gradients equal a single process's on the combined batch, given the s
 Noise per rank: each rank keys its noise with its own (seed, offset) — here (1234, rank). A single
 process reproduces it exactly by computing each half of the batch with that rank's key."""
 
+import datetime
 import os
 import socket
 
@@ -30,7 +31,8 @@ def _model():
 def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # a bounded wait: a rank that cannot reach the other fails the test instead of hanging it
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     try:
         model = torch.nn.parallel.DistributedDataParallel(_model())
         x = _data()[rank * B:(rank + 1) * B]
