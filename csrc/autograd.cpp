@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 namespace vaecuda {
@@ -197,8 +198,16 @@ struct BernoulliLogProb : torch::autograd::Function<BernoulliLogProb> {
       // [*batch] -> [*batch, 1, ...]; symbolic sizes, so a compiled graph stays dynamic in the batch
       std::vector<c10::SymInt> shape(grads[0].sym_sizes().begin(), grads[0].sym_sizes().end());
       shape.resize(shape.size() + static_cast<size_t>(event_dims), c10::SymInt(1));
-      Tensor dl = s[2] * grads[0].reshape_symint(shape);
-      if (dl.scalar_type() != s[0].scalar_type()) dl = dl.to(s[0].scalar_type());
+      const Tensor g = grads[0].reshape_symint(shape);
+      Tensor dl;
+      if (!torch::autograd::get_current_graph_task_keep_graph()) {
+        // The saved d/dlogits is this node's own buffer and the graph is freed after this pass:
+        // scale it in place, sparing a logits-sized allocation (page faults on the CPU) and a pass.
+        dl = s[2].mul_(g);
+      } else {
+        dl = s[2] * g;  // retain_graph: the buffer must survive for the next backward
+        if (dl.scalar_type() != s[0].scalar_type()) dl = dl.to(s[0].scalar_type());
+      }
       Tensor dx;
       if (mask[1]) dx = std::get<1>(bwd.call(grads[0], s[0], s[1], event_dims, probs, {false, true}));
       return {dl, maybe(mask[1], dx), Tensor(), Tensor()};

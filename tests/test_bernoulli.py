@@ -159,3 +159,24 @@ def test_gradient_from_the_forward_equals_the_backward_op(device, probs):
     b = leaf(l)
     (graph_grad,) = torch.autograd.grad(fn(b, x), [b], g, create_graph=True)  # the backward op's path
     assert torch.equal(graph_grad.detach(), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_retained_graph_backward_twice(device, dtype):
+    """Without retain_graph the backward scales the forward's saved d/dlogits in place; with it the
+    saved buffer must survive, so a second backward gives the same gradient again."""
+    l = leaf(_logits((5, 3, 40), dtype, device))
+    x = _target((3, 40), torch.float32, device, soft=True)
+    g1, g2 = torch.randn(5, 3, device=device), torch.randn(5, 3, device=device)
+    out = vaecuda.bernoulli_log_prob(l, x)
+    (first,) = torch.autograd.grad(out, [l], g1, retain_graph=True)
+    (again,) = torch.autograd.grad(out, [l], g1, retain_graph=True)
+    (other,) = torch.autograd.grad(out, [l], g2)  # last pass frees the graph: the in-place path
+    ref_grad = torch.autograd.grad(ref.bernoulli_log_prob(l, x), [l], g1)[0]
+    want2 = torch.autograd.grad(ref.bernoulli_log_prob(l, x), [l], g2)[0]
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)
+    assert torch.equal(first, again)
+    torch.testing.assert_close(first, ref_grad, **tol)
+    torch.testing.assert_close(other, want2, **tol)
+    assert first.dtype == other.dtype == dtype
+    assert not torch.equal(first, other)
