@@ -119,3 +119,27 @@ def test_main_refuses_wrong_results(tmp_path, monkeypatch, capsys):
                      "--no-binding", "--rounds", "1", "--target-ms", "1", "--out", str(tmp_path)])
     assert rc == 1
     assert "refusing to benchmark small/kl/fwd" in capsys.readouterr().err
+
+
+def test_ops_related_to_both_trivial_op_floors():
+    """Each small op over _scale on the latents; the pixel-wise ops also over _scale on [B, P]."""
+    def row(work, provider, us, shape="small"):
+        return dict(work=work, provider=provider, median_us=us, shape=shape, mode="fwd+bwd", dtype="float32")
+    rows = [row("binding path", "vaecuda _scale", 100.0), row("binding path (pixels)", "vaecuda _scale", 160.0),
+            row("binding path", "x * 2", 80.0), row("kl", "vaecuda", 120.0), row("bernoulli", "vaecuda", 240.0),
+            row("bernoulli", "eager", 500.0), row("bernoulli", "vaecuda", 999.0, shape="medium")]
+    report.relate_to_trivial_op(rows)
+    kl, bern, eager, medium = rows[3], rows[4], rows[5], rows[6]
+    assert kl["over_trivial_op"] == 1.2 and "over_same_size_op" not in kl
+    assert bern["over_trivial_op"] == 2.4 and bern["over_same_size_op"] == 1.5
+    assert "over_trivial_op" not in eager and "over_trivial_op" not in medium
+    text = report.tables(rows)
+    assert "kl 1.20×" in text and "bernoulli 1.50×" in text and "[B, P]" in text
+
+
+def test_plan_has_both_binding_floors():
+    args = bench.parse(["--device", "cpu", "--ops", "kl", "--shapes", "small", "--train"])
+    cases = [bench.build(*entry, torch.device("cpu")) for entry in bench.plan(args) if entry[0] == "binding"]
+    assert [c.work for c in cases] == ["binding path", "binding path (pixels)"]
+    assert cases[0].wrt["vaecuda _scale"][0].shape == (128, 32)
+    assert cases[1].wrt["vaecuda _scale"][0].shape == (128, 784)

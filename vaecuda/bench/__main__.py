@@ -96,6 +96,7 @@ def plan(args) -> list[tuple]:
     for dtype in args.dtypes:
         if not args.no_binding and dtype == args.dtypes[0]:
             todo.append(("binding", "binding path", "small", "fwd+bwd", dtype))
+            todo.append(("binding", "binding path (pixels)", "small", "fwd+bwd", dtype))
         for shape in args.shapes:
             for op in args.ops:
                 if workloads.applicable(op, workloads.ALL_SHAPES[shape]):
@@ -107,7 +108,7 @@ def plan(args) -> list[tuple]:
 def build(kind, name, shape, mode, dtype, device):
     dt = getattr(torch, dtype)
     if kind == "binding":
-        return workloads.binding_case(device, dt)
+        return workloads.binding_case(device, dt, pixels=name.endswith("(pixels)"))
     if kind == "train":
         return workloads.train_case(name, device, dt)
     return workloads.op_case(name, shape, mode, device, dt, cuda_extras=device.type == "cuda")

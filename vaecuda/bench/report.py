@@ -38,27 +38,44 @@ def _fmt(v, width, digits=1):
     return f"{v:>{width}.{digits}f}" if isinstance(v, float) else f"{v:>{width}}"
 
 
+def _is_binding(r: dict) -> bool:
+    return r["work"].startswith("binding path")
+
+
 def tables(rows: list[dict]) -> str:
     """The ops and training steps, then the binding paths with each op's cost over the trivial op's."""
-    main = [r for r in rows if r["work"] != "binding path"]
-    binding = [r for r in rows if r["work"] == "binding path"]
+    main = [r for r in rows if not _is_binding(r)]
+    binding = [r for r in rows if _is_binding(r)]
     out = [table(main)] if main else []
     if binding:
-        lines = [f"{r['provider']:<20}{r['median_us']:>10.1f} µs" for r in binding]
+        lines = [f"{r['provider'] + (' [B, P]' if r['work'].endswith('(pixels)') else ' [B, D]'):<26}"
+                 f"{r['median_us']:>10.1f} µs" for r in binding]
         over = [f"{r['work']} {r['over_trivial_op']:.2f}×" for r in rows if "over_trivial_op" in r]
-        out.append("binding path, the cheapest op fwd+bwd at the small shape:\n  " + "\n  ".join(lines)
-                   + ("\n  vaecuda's ops at small fwd+bwd over vaecuda _scale: " + ", ".join(over) if over else ""))
+        same = [f"{r['work']} {r['over_same_size_op']:.2f}×" for r in rows if "over_same_size_op" in r]
+        text = "binding path, the cheapest op fwd+bwd at the small shape:\n  " + "\n  ".join(lines)
+        if over:
+            text += "\n  vaecuda's ops at small fwd+bwd over vaecuda _scale [B, D]: " + ", ".join(over)
+        if same:
+            text += "\n  ... over vaecuda _scale on as many elements ([B, P]): " + ", ".join(same)
+        out.append(text)
     return "\n\n".join(out)
 
 
 def relate_to_trivial_op(rows: list[dict]):
-    """Annotate vaecuda's small fwd+bwd op rows with their time over the trivial op on the same path."""
-    floor = {r["dtype"]: r["median_us"] for r in rows
-             if r["work"] == "binding path" and r["provider"] == "vaecuda _scale"}
+    """Annotate vaecuda's small fwd+bwd op rows with their time over the trivial op on the same path:
+    on the latents (the floor of every op) and, for the pixel-wise ops, on a tensor of the logits'
+    size (the same path plus the least work on that many elements)."""
+    def floor(work):
+        return {r["dtype"]: r["median_us"] for r in rows
+                if r["work"] == work and r["provider"] == "vaecuda _scale"}
+    latents, pixels = floor("binding path"), floor("binding path (pixels)")
     for r in rows:
-        if (r["provider"] == "vaecuda" and r["shape"] == "small" and r["mode"] == "fwd+bwd"
-                and r["dtype"] in floor and r["work"] in ("sample", "sample+kl", "kl", "bernoulli", "head")):
-            r["over_trivial_op"] = round(r["median_us"] / floor[r["dtype"]], 3)
+        if not (r["provider"] == "vaecuda" and r["shape"] == "small" and r["mode"] == "fwd+bwd"):
+            continue
+        if r["dtype"] in latents and r["work"] in ("sample", "sample+kl", "kl", "bernoulli", "head"):
+            r["over_trivial_op"] = round(r["median_us"] / latents[r["dtype"]], 3)
+        if r["dtype"] in pixels and r["work"] in ("bernoulli", "head"):
+            r["over_same_size_op"] = round(r["median_us"] / pixels[r["dtype"]], 3)
 
 
 def table(rows: list[dict]) -> str:

@@ -265,18 +265,25 @@ def train_case(model_name: str, device, dtype) -> Case:
                 {name: list(net.parameters()) for name, net in nets.items()}, (), None, steps, {"compile"})
 
 
-def binding_case(device, dtype) -> Case:
+def binding_case(device, dtype, pixels: bool = False) -> Case:
     """The cheapest op through each way of binding an op, fwd+bwd at the small shape: plain ``x * 2``,
     vaecuda's ``_scale`` (dispatcher + C++ autograd, as every vaecuda op) and a Python
-    ``torch.library.custom_op`` with ``register_autograd``. The floor under every op's per-call cost."""
+    ``torch.library.custom_op`` with ``register_autograd``. The floor under every op's per-call cost.
+
+    On the latents ``[B, D]`` by default; ``pixels=True`` on a ``[B, P]`` tensor, the size of the
+    Bernoulli term's logits: the same path plus the least work any op on that many elements does,
+    which separates the Bernoulli term's per-call cost from its arithmetic."""
+    dims = SHAPES["small"]
+    shape = (dims["B"], dims["P"] if pixels else dims["D"])
     g = torch.Generator().manual_seed(0)
-    a = _leaf(g, (128, 32), device, dtype)
-    ga = torch.randn(128, 32, generator=g).to(device, dtype)
+    a = _leaf(g, shape, device, dtype)
+    ga = torch.randn(*shape, generator=g).to(device, dtype)
     scale_c = torch.ops.vaecuda._scale.default
     scale_py = _scale_py_op()
     providers = {"x * 2": lambda fixed: (a * 2.0,), "vaecuda _scale": lambda fixed: (scale_c(a, 2.0),),
                  "custom_op _scale": lambda fixed: (scale_py(a, 2.0),)}
-    return Case("binding path", "small", "fwd+bwd", SHAPES["small"], providers, {p: [a] for p in providers}, (ga,))
+    work = "binding path (pixels)" if pixels else "binding path"
+    return Case(work, "small", "fwd+bwd", dims, providers, {p: [a] for p in providers}, (ga,))
 
 
 _SCALE_PY = None
