@@ -195,11 +195,14 @@ VAE_HD F2 box_muller(uint32_t a, uint32_t b) {
   const float t = mul_rn(static_cast<float>((b >> 6) & 0x00FFFFFFu), 0x1p-24f);  // [0, 1), exact
   const bool upper = t > 0.5f;               // reflect: cos(pi/2 t) = sin(pi/2 (1 - t)), 1 - t exact
   const F2 cs = bm_cos_sin_quarter(upper ? sub_rn(1.0f, t) : t);
-  const float c = upper ? cs.b : cs.a;
-  const float s = upper ? cs.a : cs.b;
-  // rotate (c, s) by quadrant * pi / 2
-  const float cq = quadrant == 0 ? c : quadrant == 1 ? -s : quadrant == 2 ? -c : s;
-  const float sq = quadrant == 0 ? s : quadrant == 1 ? c : quadrant == 2 ? -s : -c;
+  // Rotate by quadrant * pi / 2: (c, s) -> (c, s), (-s, c), (-c, -s), (s, -c). The reflection and an
+  // odd quadrant each swap the pair; the signs are flipped on the bits (exact), so the vectorized
+  // CPU loop needs two selects instead of a cascade per output.
+  const uint32_t swap = (upper ? 1u : 0u) ^ (quadrant & 1u);
+  const float c = swap != 0u ? cs.b : cs.a;
+  const float s = swap != 0u ? cs.a : cs.b;
+  const float cq = bits_float(float_bits(c) ^ static_cast<int32_t>(((quadrant + 1u) & 2u) << 30));  // q = 1, 2
+  const float sq = bits_float(float_bits(s) ^ static_cast<int32_t>((quadrant & 2u) << 30));         // q = 2, 3
   return F2{mul_rn(r, cq), mul_rn(r, sq)};
 }
 
