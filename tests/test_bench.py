@@ -121,20 +121,30 @@ def test_main_refuses_wrong_results(tmp_path, monkeypatch, capsys):
     assert "refusing to benchmark small/kl/fwd" in capsys.readouterr().err
 
 
-def test_ops_related_to_both_trivial_op_floors():
-    """Each small op over _scale on the latents; the pixel-wise ops also over _scale on [B, P]."""
-    def row(work, provider, us, shape="small"):
-        return dict(work=work, provider=provider, median_us=us, shape=shape, mode="fwd+bwd", dtype="float32")
-    rows = [row("binding path", "vaecuda _scale", 100.0), row("binding path (pixels)", "vaecuda _scale", 160.0),
-            row("binding path", "x * 2", 80.0), row("kl", "vaecuda", 120.0), row("bernoulli", "vaecuda", 240.0),
-            row("bernoulli", "eager", 500.0), row("bernoulli", "vaecuda", 999.0, shape="medium")]
-    report.relate_to_trivial_op(rows)
-    kl, bern, eager, medium = rows[3], rows[4], rows[5], rows[6]
-    assert kl["over_trivial_op"] == 1.2 and "over_same_size_op" not in kl
-    assert bern["over_trivial_op"] == 2.4 and bern["over_same_size_op"] == 1.5
-    assert "over_trivial_op" not in eager and "over_trivial_op" not in medium
+def test_ops_related_to_the_trivial_op_timed_beside_them():
+    """Each small fwd+bwd op over the trivial op timed in its own rounds (on the latents); the
+    pixel-wise ops also over the trivial op on as many elements as the logits."""
+    case = Case("bernoulli", "small", "fwd+bwd", {"B": 4, "P": 8}, {}, {}, (), min_bytes=1000)
+    measured = {"eager": {"median_us": 500.0}, "vaecuda": {"median_us": 240.0},
+                workloads.TRIVIAL_LATENTS: {"median_us": 100.0}, workloads.TRIVIAL_PIXELS: {"median_us": 160.0}}
+    rows = report.rows_of(case, measured, copy_gbps=1.0, dtype="float32")
+    by = {r["provider"]: r for r in rows}
+    assert by["vaecuda"]["over_trivial_op"] == 2.4 and by["vaecuda"]["over_same_size_op"] == 1.5
+    assert "over_trivial_op" not in by["eager"] and "GBps" not in by[workloads.TRIVIAL_LATENTS]
     text = report.tables(rows)
-    assert "kl 1.20×" in text and "bernoulli 1.50×" in text and "[B, P]" in text
+    assert "bernoulli 2.40×" in text and "bernoulli 1.50×" in text
+    assert workloads.TRIVIAL_LATENTS not in text.splitlines()[0]  # floors are not provider columns
+
+
+def test_small_cases_time_the_trivial_op_beside_the_providers():
+    kl = workloads.op_case("kl", "small", "fwd+bwd", torch.device("cpu"), torch.float32, False)
+    bern = workloads.op_case("bernoulli", "small", "fwd+bwd", torch.device("cpu"), torch.float32, False)
+    medium = workloads.op_case("kl", "medium", "fwd+bwd", torch.device("cpu"), torch.float32, False)
+    assert set(kl.steps) == {workloads.TRIVIAL_LATENTS}
+    assert set(bern.steps) == {workloads.TRIVIAL_LATENTS, workloads.TRIVIAL_PIXELS}
+    assert not medium.steps
+    for step in bern.steps.values():
+        step()  # runs: a fwd+bwd of the trivial op
 
 
 def test_plan_has_both_binding_floors():

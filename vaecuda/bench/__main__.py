@@ -154,7 +154,6 @@ def main(argv=None) -> int:
         del case
     meta["seconds"] = round(time.perf_counter() - start, 1)
 
-    report.relate_to_trivial_op(rows)
     print()
     print(report.tables(rows))
     stem = f"bench_{device.type}_{args.suite}"

@@ -202,7 +202,26 @@ def op_case(work: str, shape: str, mode: str, device, dtype, cuda_extras: bool) 
                 min_bytes(work, mode, dims, torch.finfo(dtype).bits // 8), compiled={"compile"} | extra)
     if cuda_extras:
         case.steps["vaecuda-graph"] = graphed_step(fused, list(inputs), grads, mode)
+    if shape == "small" and mode == "fwd+bwd":
+        # the floor, timed in the same interleaved rounds as the providers (a noisy machine drifts
+        # between cases): the trivial op on the latents, and for the pixel-wise work on the logits' size
+        case.steps[TRIVIAL_LATENTS] = trivial_step((B, D), device, dtype)
+        if work in ("bernoulli", "head"):
+            case.steps[TRIVIAL_PIXELS] = trivial_step((B, P), device, dtype)
     return case
+
+
+TRIVIAL_LATENTS, TRIVIAL_PIXELS = "trivial [B, D]", "trivial [B, P]"
+
+
+def trivial_step(shape, device, dtype) -> Callable[[], None]:
+    """fwd+bwd of vaecuda's ``_scale`` (alpha * x: dispatcher + C++ autograd, one kernel each way) on a
+    tensor of ``shape``: the cheapest op through vaecuda's binding path."""
+    g = torch.Generator().manual_seed(1)
+    a = _leaf(g, shape, device, dtype)
+    ga = torch.randn(*shape, generator=g).to(device, dtype)
+    scale = torch.ops.vaecuda._scale.default
+    return lambda: torch.autograd.grad([scale(a, 2.0)], [a], [ga])
 
 
 def graphed_step(forward, inputs, grads_out, mode) -> Callable[[], None]:
