@@ -163,8 +163,9 @@ def test_gradient_from_the_forward_equals_the_backward_op(device, probs):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_retained_graph_backward_twice(device, dtype):
-    """Without retain_graph the backward scales the forward's saved d/dlogits in place; with it the
-    saved buffer must survive, so a second backward gives the same gradient again."""
+    """Without retain_graph the backward scales the forward's saved d/dlogits in place (float32); with
+    it the saved buffer must survive, so a second backward gives the same gradient again. bfloat16
+    logits take the backward op instead: the same contract."""
     l = leaf(_logits((5, 3, 40), dtype, device))
     x = _target((3, 40), torch.float32, device, soft=True)
     g1, g2 = torch.randn(5, 3, device=device), torch.randn(5, 3, device=device)
