@@ -186,3 +186,32 @@ def test_deterministic_algorithms(device):
         assert all(torch.equal(p, q) for p, q in zip(a[1], b[1]))
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+# ---------------------------------------------------------------------------------------------------
+# activation checkpointing, and torch.func (not supported by the compiled ops: said clearly)
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing(reentrant):
+    """The loss head recomputed under torch.utils.checkpoint gives the gradients of a plain backward
+    (the fixed seed makes the recomputed noise the same)."""
+    from torch.utils.checkpoint import checkpoint
+    x = _data(8, 20)
+    mu, logvar = torch.randn(8, 6, requires_grad=True), torch.randn(8, 6, requires_grad=True)
+    dec = torch.nn.Linear(6, 20)
+
+    def head(m, lv):
+        z, kl = vaecuda.reparameterize_with_kl(m, lv, seed=3)
+        return (kl - vaecuda.bernoulli_log_prob(dec(z), x)).mean()
+
+    want = torch.autograd.grad(head(mu, logvar), [mu, logvar])
+    checkpoint(head, mu, logvar, use_reentrant=reentrant).backward()  # reentrant mode refuses .grad()
+    for a, b in zip((mu.grad, logvar.grad), want):
+        torch.testing.assert_close(a, b)
+
+
+@requires_compiled
+def test_torch_func_is_refused_clearly():
+    l = torch.randn(3, 5)
+    x = (torch.rand(3, 5) < 0.5).float()
+    with pytest.raises(RuntimeError, match="functorch"):
+        torch.func.grad(lambda t: vaecuda.bernoulli_log_prob(t, x).sum())(l)
