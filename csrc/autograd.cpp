@@ -211,7 +211,6 @@ struct BernoulliLogProb : torch::autograd::Function<BernoulliLogProb> {
         dl = s[2].mul_(g);
       } else {
         dl = s[2] * g;  // retain_graph: the buffer must survive for the next backward
-        if (dl.scalar_type() != s[0].scalar_type()) dl = dl.to(s[0].scalar_type());
       }
       Tensor dx;
       if (mask[1]) dx = std::get<1>(bwd.call(grads[0], s[0], s[1], event_dims, probs, {false, true}));

@@ -47,28 +47,29 @@ BernoulliProblem bernoulli_problem(const at::Tensor& logits, const at::Tensor& t
   return p;
 }
 
-at::Tensor bernoulli_log_prob(const at::Tensor& logits, const at::Tensor& target, int64_t event_dims, bool probs) {
+// The forward; with `d_logits` defined (the logits' shape and dtype) also d out / d logits per
+// element, from the same exponentials.
+at::Tensor bernoulli_forward(const at::Tensor& logits, const at::Tensor& target, int64_t event_dims, bool probs,
+                             const at::Tensor& d_logits) {
   c10::DeviceGuard guard(logits.device());
   BernoulliProblem p = bernoulli_problem(logits, target, event_dims, probs);
   at::Tensor out = at::empty(logits.sizes().slice(0, logits.dim() - event_dims),
                              logits.options().dtype(acc_dtype(logits.scalar_type())));
   p.args.out = out.data_ptr();
+  if (d_logits.defined()) p.args.d_logits = d_logits.data_ptr();
   launch(p.args, logits.device());
   return out;
+}
+
+at::Tensor bernoulli_log_prob(const at::Tensor& logits, const at::Tensor& target, int64_t event_dims, bool probs) {
+  return bernoulli_forward(logits, target, event_dims, probs, at::Tensor());
 }
 
 // The forward and d/dlogits in one pass, for a backward that is then one multiply (autograd.cpp).
 std::tuple<at::Tensor, at::Tensor> bernoulli_log_prob_and_grad(const at::Tensor& logits, const at::Tensor& target,
                                                                int64_t event_dims, bool probs) {
-  c10::DeviceGuard guard(logits.device());
-  BernoulliProblem p = bernoulli_problem(logits, target, event_dims, probs);
-  at::Tensor out = at::empty(logits.sizes().slice(0, logits.dim() - event_dims),
-                             logits.options().dtype(acc_dtype(logits.scalar_type())));
   at::Tensor dl = at::empty(logits.sizes(), logits.options());
-  p.args.out = out.data_ptr();
-  p.args.d_logits = dl.data_ptr();
-  launch(p.args, logits.device());
-  return {out, dl};
+  return {bernoulli_forward(logits, target, event_dims, probs, dl), dl};
 }
 
 std::tuple<at::Tensor, at::Tensor> bernoulli_log_prob_backward(const at::Tensor& grad, const at::Tensor& logits,

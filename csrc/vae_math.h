@@ -342,10 +342,15 @@ VAE_HD void kl_normal_grad(T mu, T lv, T pmu, T plv, T g, T& dmu, T& dlv, T& dpm
 // Bernoulli log-likelihood from logits, one pixel: log p(x | l) = x l - softplus(l), with
 // softplus(l) = max(l, 0) + log1p(e^-|l|): no log(sigmoid), exact for |l| up to float's range.
 // A NaN logit reaches the result through x * l and log1p(e^NaN).
+// e^-|l|: in (0, 1], the one exponential both softplus and the sigmoid are built from.
+template <typename T>
+VAE_HD T exp_minus_abs(T l) {
+  return exp_nonpositive(-(l < T(0) ? -l : l));
+}
 template <typename T>
 VAE_HD T bernoulli_log_prob(T l, T x) {
   const T pos = l > T(0) ? l : T(0);
-  return x * l - pos - log1p_unit(exp_nonpositive(-(l < T(0) ? -l : l)));
+  return x * l - pos - log1p_unit(exp_minus_abs(l));
 }
 // d/dl = x - sigmoid(l), sigmoid computed from e = e^-|l| on the side where it cannot overflow.
 template <typename T>
@@ -354,12 +359,12 @@ VAE_HD T sigmoid_from_exp_abs(T l, T e) {
 }
 template <typename T>
 VAE_HD T bernoulli_log_prob_grad_logits(T l, T x) {
-  return x - sigmoid_from_exp_abs(l, exp_nonpositive(-(l < T(0) ? -l : l)));
+  return x - sigmoid_from_exp_abs(l, exp_minus_abs(l));
 }
 // Both from one e^-|l| (the forward that also returns the gradient): the same bits as the two above.
 template <typename T>
 VAE_HD T bernoulli_log_prob_and_grad(T l, T x, T& dl) {
-  const T e = exp_nonpositive(-(l < T(0) ? -l : l));
+  const T e = exp_minus_abs(l);
   const T pos = l > T(0) ? l : T(0);
   dl = x - sigmoid_from_exp_abs(l, e);
   return x * l - pos - log1p_unit(e);
