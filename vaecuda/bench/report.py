@@ -7,7 +7,7 @@ import csv
 import json
 import os
 
-from .workloads import TRIVIAL_LATENTS, TRIVIAL_PIXELS
+from .workloads import FLOORS, TRIVIAL_LATENTS, TRIVIAL_PIXELS
 
 BASELINES = ("eager", "compile")
 
@@ -19,7 +19,7 @@ def rows_of(case, measured: dict, copy_gbps: float, dtype: str) -> list[dict]:
         r = {"shape": case.shape, "dims": ",".join(f"{k}={v}" for k, v in case.dims.items()), "dtype": dtype,
              "work": case.work, "mode": case.mode, "provider": provider, "min_bytes": case.min_bytes}
         r.update({k: (round(v, 3) if isinstance(v, float) else v) for k, v in m.items()})
-        if case.min_bytes and provider not in (TRIVIAL_LATENTS, TRIVIAL_PIXELS):
+        if case.min_bytes and provider not in FLOORS:
             r["GBps"] = round(case.min_bytes / m["median_us"] / 1e3, 3)
             r["copy_fraction"] = round(r["GBps"] / copy_gbps, 4)
             if "device_us" in m:
@@ -40,7 +40,7 @@ def rows_of(case, measured: dict, copy_gbps: float, dtype: str) -> list[dict]:
 
 def is_floor(r: dict) -> bool:
     """The binding-path rows and the trivial-op steps timed inside each case: floors, not providers."""
-    return r["work"].startswith("binding path") or r["provider"] in (TRIVIAL_LATENTS, TRIVIAL_PIXELS)
+    return r["work"].startswith("binding path") or r["provider"] in FLOORS
 
 
 def _fmt(v, width, digits=1):

@@ -212,14 +212,19 @@ def op_case(work: str, shape: str, mode: str, device, dtype, cuda_extras: bool) 
 
 
 TRIVIAL_LATENTS, TRIVIAL_PIXELS = "trivial [B, D]", "trivial [B, P]"
+FLOORS = (TRIVIAL_LATENTS, TRIVIAL_PIXELS)
+
+
+def _trivial_operands(shape, device, dtype):
+    """The input of the trivial op (a leaf) and its upstream gradient."""
+    g = torch.Generator().manual_seed(0)
+    return _leaf(g, shape, device, dtype), torch.randn(*shape, generator=g).to(device, dtype)
 
 
 def trivial_step(shape, device, dtype) -> Callable[[], None]:
     """fwd+bwd of vaecuda's ``_scale`` (alpha * x: dispatcher + C++ autograd, one kernel each way) on a
     tensor of ``shape``: the cheapest op through vaecuda's binding path."""
-    g = torch.Generator().manual_seed(1)
-    a = _leaf(g, shape, device, dtype)
-    ga = torch.randn(*shape, generator=g).to(device, dtype)
+    a, ga = _trivial_operands(shape, device, dtype)
     scale = torch.ops.vaecuda._scale.default
     return lambda: torch.autograd.grad([scale(a, 2.0)], [a], [ga])
 
@@ -294,9 +299,7 @@ def binding_case(device, dtype, pixels: bool = False) -> Case:
     which separates the Bernoulli term's per-call cost from its arithmetic."""
     dims = SHAPES["small"]
     shape = (dims["B"], dims["P"] if pixels else dims["D"])
-    g = torch.Generator().manual_seed(0)
-    a = _leaf(g, shape, device, dtype)
-    ga = torch.randn(*shape, generator=g).to(device, dtype)
+    a, ga = _trivial_operands(shape, device, dtype)
     scale_c = torch.ops.vaecuda._scale.default
     scale_py = _scale_py_op()
     providers = {"x * 2": lambda fixed: (a * 2.0,), "vaecuda _scale": lambda fixed: (scale_c(a, 2.0),),
