@@ -1,54 +1,86 @@
 #!/usr/bin/env bash
 # The CUDA path in one call on a bare GPU machine (torch, nvcc and ninja there, no network):
-# build from source, run the CUDA tests and then the whole suite, run the benchmark suite on the GPU
-# (its table), then a short training run. Every stage writes its log to $OUT as it goes, so a call
-# cut off by a time limit still brings back what it did. Results land in $OUT (the device tool's folder) or
+# build from source, run the CUDA tests and then the whole suite, compute-sanitizer memcheck over every
+# kernel, the benchmark suite on the GPU (its table), then a short training run. Each stage writes its
+# log to $OUT as it goes and has its own time limit, and a failing stage does not stop the next, so a
+# call cut short still brings back what it did. Results land in $OUT (the device tool's folder) or
 # benchmarks/results.
-#   bash benchmarks/gpu_check.sh            # quick suite
-#   SUITE=full bash benchmarks/gpu_check.sh
-set -euo pipefail
+#   bash benchmarks/gpu_check.sh                         # every stage, quick benchmark suite
+#   STAGES="build tests sanitize" bash benchmarks/gpu_check.sh
+#   STAGES="build bench train" SUITE=full bash benchmarks/gpu_check.sh
+# The build is incremental (ninja), so a second call on the same machine skips it in seconds.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
+stages=" ${STAGES:-build tests sanitize bench train} "
 export PYTHONUNBUFFERED=1 VAECUDA_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null || echo "8.0;9.0")}
 py=${PYTHON:-python3}
+start=$(date +%s)
+failed=""
+stamp() { echo "   [$1: rc $2, $(( $(date +%s) - start ))s since the start]"; [ "$2" = 0 ] || failed="$failed $1"; }
+has() { [[ "$stages" == *" $1 "* ]]; }
 
 echo "== device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-echo "== build (from source, CUDA required)"
-start=$(date +%s)
-"$py" setup.py build_ext --inplace > "$out/gpu_build.log" 2>&1 || { tail -n 40 "$out/gpu_build.log"; exit 1; }
-grep "vaecuda build" "$out/gpu_build.log" || true
-echo "built in $(( $(date +%s) - start )) s"
-"$py" -c "import vaecuda, json; print(json.dumps(vaecuda.backend_info()['build']))"
-
-stamp() { echo "   [$(( $(date +%s) - start ))s since the build started]"; }
-echo "== CUDA-only tests first (noise bits, graphs, syncs, autocast), then the whole suite"
-"$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/gpu_cuda_tests.log" | tail -n 8
-stamp
-xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
-"$py" -m pytest -q -p no:cacheprovider $xdist 2>&1 | tee "$out/gpu_tests.log" | tail -n 15
-stamp
-
-echo "== benchmark suite on the GPU"
-"$py" -m vaecuda.bench --device cuda --suite "${SUITE:-quick}" --out "$out" 2>&1 \
-  | tee "$out/gpu_bench.txt" | tail -n 40
-stamp
-
-echo "== the reference VAE on the GPU: a short digits run, evaluated, and the drop-in example"
-if "$py" -c "import sklearn" 2>/dev/null; then
-  # the run folder stays off $OUT: the device tool brings back 8 files at most, and these 8 matter
-  # (3 logs, the bench's text, JSON, CSV and PNG, and this log)
-  run=$(mktemp -d)/run-digits
-  { "$py" -m vaecuda train --out "$run" --epochs 3 --device cuda --quiet --no-plots 2>&1 | tail -n 2
-    "$py" -m vaecuda evaluate "$run" --k 500 --device cuda --quiet 2>&1 | tail -n 1
-    "$py" examples/pytorch_vae_example.py --epochs 2 --device cuda 2>&1 | tail -n 2; } | tee "$out/gpu_train.log"
-else
-  echo "scikit-learn is not installed here: no digits data set, skipping the training run"
+if has build; then
+  echo "== build (from source, CUDA required, archs $TORCH_CUDA_ARCH_LIST)"
+  "$py" setup.py build_ext --inplace > "$out/gpu_build.log" 2>&1
+  rc=$?; [ $rc = 0 ] || tail -n 60 "$out/gpu_build.log"
+  grep "vaecuda build" "$out/gpu_build.log" || true
+  stamp build $rc
+  [ $rc = 0 ] || exit 1
 fi
-stamp
+"$py" -c "import vaecuda, json; b = vaecuda.backend_info()['build']; print(json.dumps(b)); assert b and b['cuda']" \
+  || { echo "the CUDA kernels are not built"; exit 1; }
 
-echo "== summary: the benchmark's table"
-sed -n '/^dtype/,$p' "$out/gpu_bench.txt" | head -n 45
+if has tests; then
+  echo "== CUDA-only tests first (noise bits, graphs, syncs, autocast), then the whole suite"
+  timeout 150 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/gpu_cuda_tests.log" | tail -n 12
+  stamp cuda-tests $?
+  xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
+  OMP_NUM_THREADS=2 timeout 220 "$py" -m pytest -q -p no:cacheprovider $xdist -rs 2>&1 | tee "$out/gpu_tests.log" | tail -n 25
+  stamp whole-suite $?
+fi
+
+if has sanitize; then
+  echo "== compute-sanitizer memcheck over every kernel (benchmarks/sanitize_ops.py)"
+  if command -v compute-sanitizer >/dev/null; then
+    timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$py" benchmarks/sanitize_ops.py 2>&1 \
+      | tee -a "$out/gpu_cuda_tests.log" | tail -n 12
+    stamp memcheck $?
+  else
+    echo "compute-sanitizer is not on PATH here: skipped"
+  fi
+fi
+
+if has bench; then
+  echo "== benchmark suite on the GPU"
+  timeout 330 "$py" -m vaecuda.bench --device cuda --suite "${SUITE:-quick}" --out "$out" 2>&1 \
+    | tee "$out/gpu_bench.txt" | tail -n 8
+  stamp bench $?
+fi
+
+if has train; then
+  echo "== the reference VAE on the GPU: a short digits run, evaluated, and the drop-in example"
+  if "$py" -c "import sklearn" 2>/dev/null; then
+    # the run folder stays off $OUT: the device tool brings back 8 files at most
+    run=$(mktemp -d)/run-digits
+    { timeout 120 "$py" -m vaecuda train --out "$run" --epochs 3 --device cuda --quiet --no-plots 2>&1 | tail -n 2
+      timeout 90 "$py" -m vaecuda evaluate "$run" --k 500 --device cuda --quiet 2>&1 | tail -n 1
+      timeout 90 "$py" examples/pytorch_vae_example.py --epochs 2 --device cuda 2>&1 | tail -n 2; } | tee "$out/gpu_train.log"
+    stamp train $?
+  else
+    echo "scikit-learn is not installed here: no digits data set, skipping the training run"
+  fi
+fi
+
+if has bench; then
+  echo "== summary: the benchmark's table"
+  sed -n '/^dtype/,$p' "$out/gpu_bench.txt" | head -n 45
+fi
+echo "== failed stages:${failed:- none}"
+[ -z "$failed" ]
