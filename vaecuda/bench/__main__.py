@@ -118,6 +118,8 @@ def main(argv=None) -> int:
     args = parse(argv)
     device = args.device
     if device.type == "cuda":
+        if device.index is None:
+            device = args.device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     todo = plan(args)
     if args.list:
