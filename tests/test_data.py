@@ -72,7 +72,8 @@ def test_amat_folder(tmp_path):
 
 def _write_idx(path, arr, gz=True):
     head = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    (gzip.open if gz else open)(path, "wb").write(head + arr.astype(np.uint8).tobytes())
+    with (gzip.open if gz else open)(path, "wb") as f:  # closed here: Python 3.12's gzip buffers writes
+        f.write(head + arr.astype(np.uint8).tobytes())
 
 
 def test_idx_folder(tmp_path):
@@ -86,8 +87,10 @@ def test_idx_folder(tmp_path):
     torch.testing.assert_close(s.test, torch.from_numpy(xte.reshape(10, -1) / 255.0).float())
     assert s.train_labels.tolist() == (np.arange(50) % 10).tolist() and s.test_labels is None
     # a truncated file is reported, not half-read
-    raw = gzip.open(tmp_path / "train-images-idx3-ubyte.gz").read()
-    gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb").write(raw[:-100])
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz") as f:
+        raw = f.read()
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(raw[:-100])
     with pytest.raises(data.DataError, match="header says"):
         data.load(str(tmp_path))
 
@@ -119,7 +122,8 @@ def test_download_fetches_whole_files(tmp_path, monkeypatch):
 
     def fake(url, dest):
         fetched.append(url)
-        open(dest, "wb").write((src / url.rsplit("/", 1)[1]).read_bytes())
+        with open(dest, "wb") as f:
+            f.write((src / url.rsplit("/", 1)[1]).read_bytes())
     monkeypatch.setattr(urllib.request, "urlretrieve", fake)
     folder = data.download(str(tmp_path / "mnist"))
     assert len(fetched) == 4 and all(u.startswith("https://") for u in fetched)
@@ -129,7 +133,8 @@ def test_download_fetches_whole_files(tmp_path, monkeypatch):
     assert len(fetched) == 4
 
     def offline(url, dest):
-        open(dest, "wb").write(b"partial")
+        with open(dest, "wb") as f:
+            f.write(b"partial")
         raise urllib.error.URLError("no network")
     monkeypatch.setattr(urllib.request, "urlretrieve", offline)
     with pytest.raises(data.DataError, match="could not download"):

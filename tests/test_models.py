@@ -47,8 +47,10 @@ def test_fused_equals_reference(make, x, objective):
     a.backward()
     b.backward()
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    # fp32 ops that agree to an ulp or two, through a net and IWAE's softmax weights: a 16-thread
+    # AVX-512 host (the H200 machine) showed 1.9e-5 in one bias gradient
     for ga, gb in zip(grads(fused), grads(ref)):
-        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=5e-5)
 
 
 @pytest.mark.parametrize("free_bits", [0.0, 0.3])

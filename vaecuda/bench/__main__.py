@@ -144,6 +144,9 @@ def main(argv=None) -> int:
     for kind, name, shape, mode, dtype in bar:
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(f"{dtype} {shape} {name} {mode}")
+        # each case compiles its baselines afresh: dynamo's per-function cache would otherwise fill up over
+        # the shapes and modes of one suite and leave the later cases' "compile" rows running eager
+        torch.compiler.reset()
         case = build(kind, name, shape, mode, dtype, device)
         try:
             first_calls = harness.check_case(case, getattr(torch, dtype))

@@ -27,11 +27,11 @@ def results_of(case: Case, provider: str):
     """Outputs (and, when the case has a backward, gradients) of one provider with the fixed noise."""
     if case.mode == "fwd":
         with torch.no_grad():
-            return tuple(o.detach() for o in case.providers[provider](True)), ()
-    with torch.enable_grad():
+            return tuple(o.detach().clone() for o in case.providers[provider](True)), ()
+    with torch.enable_grad():  # copies: a CUDA-graphed provider's outputs are overwritten by its next call
         outs = case.providers[provider](True)
         grads = torch.autograd.grad(outs, case.wrt[provider], case.grads_out or None, allow_unused=True)
-    return tuple(o.detach() for o in outs), tuple(g for g in grads if g is not None)
+    return tuple(o.detach().clone() for o in outs), tuple(g.clone() for g in grads if g is not None)
 
 
 def check_case(case: Case, dtype: torch.dtype):
