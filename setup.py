@@ -91,6 +91,24 @@ def gencode_flags(arch_list):
     return flags
 
 
+def runtime_libstdcxx():
+    """The libstdc++ this process runs on once torch is imported (Linux), else None.
+
+    The extension links against it by path. A toolchain whose own libstdc++ is a static archive (the
+    H200 image's /opt/gcc, which its Python was built with) would otherwise copy parts of libstdc++
+    into _C beside the shared one torch loaded; the two copies' iostream state crashed the first
+    error message that printed a number (a shape, in a TORCH_CHECK)."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1]
+                if os.path.basename(path).startswith("libstdc++.so") and os.path.isfile(path):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
 def extensions():
     import torch
     from torch.utils import cpp_extension
@@ -105,6 +123,9 @@ def extensions():
     # -fopenmp: at::parallel_for is OpenMP inline code; the runtime resolves to the libgomp torch loads.
     cxx_flags = ["-O3", "-g0", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
     link_flags = ["-fopenmp"]
+    libstdcxx = runtime_libstdcxx()
+    if libstdcxx:
+        link_flags.append(libstdcxx)
     macros = [("VAECUDA_TORCH_VERSION", f'"{torch.__version__}"')]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if build_cuda:

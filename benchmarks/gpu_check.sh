@@ -33,6 +33,15 @@ if has build; then
   grep "vaecuda build" "$out/gpu_build.log" || true
   stamp build $rc
   [ $rc = 0 ] || exit 1
+  # a C++ error message that prints a shape: crashed on a toolchain with a static libstdc++ (setup.py)
+  ldd vaecuda/_C*.so | grep -E "libstdc|not found" || true
+  "$py" -c "
+import torch, vaecuda
+try:
+    torch.ops.vaecuda.gaussian_kl(torch.randn(4, 3), torch.randn(4, 5))
+except RuntimeError as e:
+    print('C++ error path:', str(e).splitlines()[0][:90])"
+  stamp error-path $?
 fi
 "$py" -c "import vaecuda, json; b = vaecuda.backend_info()['build']; print(json.dumps(b)); assert b and b['cuda']" \
   || { echo "the CUDA kernels are not built"; exit 1; }

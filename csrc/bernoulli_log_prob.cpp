@@ -76,11 +76,12 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_log_prob_backward(const at::Tensor&
                                                                const at::Tensor& target, int64_t event_dims,
                                                                bool probs, std::array<bool, 2> output_mask) {
   c10::DeviceGuard guard(logits.device());
+  BernoulliProblem p = bernoulli_problem(logits, target, event_dims, probs);
+  check_grad(grad, "grad", logits.sizes().slice(0, logits.dim() - event_dims), logits);
   if (output_mask[1] && is_half(target.scalar_type()) && target.sizes() != logits.sizes()) {
     auto r = bernoulli_log_prob_backward(grad, logits, target.to(at::kFloat), event_dims, probs, output_mask);
     return {std::get<0>(r), std::get<1>(r).to(target.scalar_type())};
   }
-  BernoulliProblem p = bernoulli_problem(logits, target, event_dims, probs);
   BernoulliBackwardArgs b;
   b.in = p.args;
   const at::ScalarType acc = acc_dtype(logits.scalar_type());

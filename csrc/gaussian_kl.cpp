@@ -70,6 +70,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
     std::array<bool, 4> output_mask) {
   c10::DeviceGuard guard(mu.device());
   KLProblem p = kl_problem(mu, logvar, prior_mu, prior_logvar, elementwise);
+  const at::IntArrayRef out_shape = elementwise ? at::IntArrayRef(p.full)
+                                                : at::IntArrayRef(p.full).slice(0, p.full.size() - 1);
+  check_grad(grad, "grad", out_shape, mu);
   const at::Tensor* inputs[4] = {&mu, &logvar, prior_mu ? &*prior_mu : nullptr,
                                  prior_logvar ? &*prior_logvar : nullptr};
   if (is_half(mu.scalar_type())) {
@@ -86,8 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
   b.in = p.args;
   const at::ScalarType acc = acc_dtype(mu.scalar_type());
   const at::Tensor g = grad.scalar_type() == acc ? grad : grad.to(acc);
-  auto [gv, gheld] = elementwise ? make_row_view(g, p.full, 1)
-                                 : make_row_view(g, at::IntArrayRef(p.full).slice(0, p.full.size() - 1), 0);
+  auto [gv, gheld] = make_row_view(g, out_shape, elementwise ? 1 : 0);
   b.grad = gheld.data_ptr();
   b.v_grad = gv;
   void** outs[4] = {&b.d_mu, &b.d_logvar, &b.d_prior_mu, &b.d_prior_logvar};

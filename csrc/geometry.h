@@ -126,6 +126,22 @@ inline void check_float_operand(const at::Tensor& t, const char* name, const at:
               " is on ", like.device());
 }
 
+// An upstream gradient handed to a backward op (by autograd, or by a caller of torch.ops.vaecuda.*):
+// on the inputs' device, a float dtype, and broadcastable to the output's shape, so that no kernel
+// reads past it or reads host memory from the device.
+inline void check_grad(const at::Tensor& grad, const char* name, at::IntArrayRef out_shape,
+                       const at::Tensor& like) {
+  TORCH_CHECK(grad.device() == like.device(), "vaecuda: ", name, " is on ", grad.device(),
+              " but the inputs are on ", like.device());
+  TORCH_CHECK(is_kernel_float(grad.scalar_type()), "vaecuda: ", name,
+              " must be float32, float64, float16 or bfloat16, got ", grad.scalar_type());
+  const int64_t shift = static_cast<int64_t>(out_shape.size()) - grad.dim();
+  bool ok = shift >= 0;
+  for (int64_t i = 0; ok && i < grad.dim(); ++i) ok = grad.size(i) == 1 || grad.size(i) == out_shape[i + shift];
+  TORCH_CHECK(ok, "vaecuda: ", name, " of shape ", grad.sizes(), " does not broadcast to the output's shape ",
+              out_shape);
+}
+
 inline bool is_half(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 
 // Half-precision gradients that must be summed over broadcast dims are computed in float32 and

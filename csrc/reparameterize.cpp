@@ -90,6 +90,9 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_backward(const std::optional<a
                                                            std::array<bool, 2> output_mask) {
   c10::DeviceGuard guard(mu.device());
   ReparamProblem p = reparam_problem(mu, logvar, rng_state, n_samples);
+  if (grad_z && grad_z->defined()) check_grad(*grad_z, "grad_z", z_shape(p, n_samples), mu);
+  if (grad_kl && grad_kl->defined())
+    check_grad(*grad_kl, "grad_kl", at::IntArrayRef(p.full).slice(0, p.full.size() - 1), mu);
   if (is_half(mu.scalar_type()) && ((output_mask[0] && mu.sizes() != p.full) ||
                                     (output_mask[1] && logvar.sizes() != p.full))) {
     auto r = reparameterize_backward(grad_z, grad_kl, mu.to(at::kFloat), logvar.to(at::kFloat), rng_state,

@@ -38,6 +38,20 @@ def test_mismatched_devices_are_refused():
         vaecuda.bernoulli_log_prob(torch.randn(3, 4, device="cuda"), torch.rand(3, 4))
 
 
+def test_backward_ops_refuse_a_gradient_on_another_device():
+    # a host gradient read by a device kernel would be an illegal address: refused by name instead
+    mu, lv = torch.randn(4, 3, device="cuda"), torch.randn(4, 3, device="cuda")
+    ops = torch.ops.vaecuda
+    with pytest.raises(RuntimeError, match="grad is on cpu but the inputs are on cuda:0"):
+        ops.gaussian_kl_backward(torch.ones(4), mu, lv, None, None, False, [True, True, False, False])
+    with pytest.raises(RuntimeError, match="grad_z is on cpu but the inputs are on cuda:0"):
+        ops.reparameterize_backward(torch.ones(4, 3), None, mu, lv, vaecuda.rng_state(1, device="cuda"), None,
+                                    [True, True])
+    with pytest.raises(RuntimeError, match="grad is on cpu but the inputs are on cuda:0"):
+        ops.bernoulli_log_prob_backward(torch.ones(4), mu, lv, 1, False, [True, False])
+    torch.cuda.synchronize()  # and nothing was launched that faults later
+
+
 def test_cuda_graph_replays_with_fresh_noise():
     mu = torch.randn(64, 16, device="cuda")
     lv = torch.randn(64, 16, device="cuda")

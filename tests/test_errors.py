@@ -95,3 +95,25 @@ def test_compiled_ops_check_their_inputs_too():
         ops.bernoulli_log_prob(r(4, 3), r(4, 3), 5)
     with pytest.raises(RuntimeError, match="target must be a float tensor, bool or uint8"):
         ops.bernoulli_log_prob(r(4, 3), torch.ones(4, 3, dtype=torch.int32), 1)
+
+
+@requires_compiled
+def test_backward_ops_check_the_upstream_gradient():
+    # a gradient that does not broadcast to the output, or is not float, is refused before any kernel
+    ops = torch.ops.vaecuda
+    mu, lv = r(4, 3), r(4, 3)
+    with pytest.raises(RuntimeError, match=r"grad of shape \[5\] does not broadcast to the output's shape \[4\]"):
+        ops.gaussian_kl_backward(r(5), mu, lv, None, None, False, [True, True, False, False])
+    with pytest.raises(RuntimeError, match=r"grad of shape \[4\] does not broadcast to the output's shape \[4, 3\]"):
+        ops.gaussian_kl_backward(r(4), mu, lv, None, None, True, [True, True, False, False])
+    with pytest.raises(RuntimeError, match="grad must be float32, float64, float16 or bfloat16, got Long"):
+        ops.gaussian_kl_backward(torch.ones(4, dtype=torch.int64), mu, lv, None, None, False, [True, True, False, False])
+    with pytest.raises(RuntimeError, match=r"grad_z of shape \[2, 4, 3\] does not broadcast to the output's shape \[4, 3\]"):
+        ops.reparameterize_backward(r(2, 4, 3), None, mu, lv, vaecuda.rng_state(1), None, [True, True])
+    with pytest.raises(RuntimeError, match=r"grad_kl of shape \[3\] does not broadcast to the output's shape \[4\]"):
+        ops.reparameterize_backward(r(4, 3), r(3), mu, lv, vaecuda.rng_state(1), None, [True, True])
+    with pytest.raises(RuntimeError, match=r"grad of shape \[4, 3\] does not broadcast to the output's shape \[4\]"):
+        ops.bernoulli_log_prob_backward(r(4, 3), r(4, 3), r(4, 3), 1, False, [True, False])
+    # broadcastable gradients are taken
+    dmu, _, _, _ = ops.gaussian_kl_backward(r(1), mu, lv, None, None, False, [True, False, False, False])
+    assert dmu.shape == mu.shape

@@ -115,5 +115,5 @@ def test_backward_computes_only_requested_gradients(device):
     lv = torch.randn(4, 6, device=device)  # no grad
     vaecuda.gaussian_kl(mu, lv).sum().backward()
     assert lv.grad is None and mu.grad is not None
-    dmu, dlv, _, _ = ops.gaussian_kl_backward(torch.ones(4), mu, lv, None, None, False, [True, False, False, False])
+    dmu, dlv, _, _ = ops.gaussian_kl_backward(torch.ones(4, device=device), mu, lv, None, None, False, [True, False, False, False])
     assert dmu.shape == mu.shape and dlv.numel() == 0
