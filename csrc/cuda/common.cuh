@@ -43,14 +43,6 @@ __device__ __forceinline__ auto at(const T* p, int64_t j, int64_t stride) -> dec
   return to_acc(p[j * stride]);
 }
 
-// Fixed shuffle tree: the same inputs give the same bits on every run.
-template <typename A>
-__device__ __forceinline__ A warp_sum(A v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // The (seed, offset) of a sampling call: read on the device when rng_state lives there (so a
 // captured graph replays with whatever the tensor holds), else the host copy.
 __device__ __forceinline__ void stream_key(const ReparamArgs& a, uint64_t& seed, uint64_t& offset) {
@@ -68,6 +60,93 @@ inline void check_launch(const char* kernel) {
 inline unsigned int blocks_for(int64_t work, int64_t per_block) {
   const int64_t b = (work + per_block - 1) / per_block;
   return static_cast<unsigned int>(b < 1 ? 1 : (b > 65535 * 32 ? 65535 * 32 : b));  // grid-stride beyond
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Rows and quads. Every kernel walks its [rows, cols] operands in quads: 4 consecutive columns of a
+// row (a row's last quad is short when cols % 4 != 0). An operand is "quad-ready" when each of its
+// quads is one aligned vector load (16 bytes for float, 8 for 16-bit types, 4 for uint8): columns
+// contiguous, cols % 4 == 0, an aligned base and row strides that keep every row aligned. Otherwise
+// the same quads are read as 4 strided scalar loads. The layout decides only how a quad is loaded:
+// the arithmetic, and so the bits, depend on the values and cols alone.
+
+template <typename T>
+struct alignas(4 * sizeof(T)) Pack4 {
+  T v[4];
+};
+
+template <typename T>
+inline bool quad_ready(const void* p, const RowView& v, int64_t cols) {
+  if (cols % 4 != 0 || v.col_stride != 1 || reinterpret_cast<uintptr_t>(p) % sizeof(Pack4<T>) != 0) return false;
+  for (int d = 0; d < v.ndim; ++d)
+    if (v.strides[d] % 4 != 0) return false;
+  return true;
+}
+// A contiguous [rows, cols] output the op allocated.
+template <typename T>
+inline bool quad_ready_out(const void* p, int64_t cols) {
+  return cols % 4 == 0 && reinterpret_cast<uintptr_t>(p) % sizeof(Pack4<T>) == 0;
+}
+
+// Columns j .. j+3 of a row starting at `row` (column stride `stride`), in the accumulation type;
+// columns past the row's end read as 0.
+template <typename T, typename A>
+__device__ __forceinline__ void load_quad(const T* row, int64_t j, int64_t cols, int64_t stride, bool ready,
+                                          A (&out)[4]) {
+  if (ready) {
+    const Pack4<T> p = *reinterpret_cast<const Pack4<T>*>(row + j);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[i] = static_cast<A>(to_acc(p.v[i]));
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[i] = j + i < cols ? static_cast<A>(to_acc(row[(j + i) * stride])) : A(0);
+  }
+}
+
+template <typename T, typename A>
+__device__ __forceinline__ void store_quad(T* row, int64_t j, int64_t cols, bool ready, const A (&v)[4]) {
+  if (ready) {
+    Pack4<T> p;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) p.v[i] = from_acc<T>(v[i]);
+    *reinterpret_cast<Pack4<T>*>(row + j) = p;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      if (j + i < cols) row[j + i] = from_acc<T>(v[i]);
+  }
+}
+
+// Additions that are never fused with a multiply into an FMA: a row sum is the same sequence of
+// roundings in every kernel that computes it (the KL of reparameterize_with_kl equals gaussian_kl's).
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+
+// Row kernels give each row `lanes` threads: 8 (a sub-warp, rows of up to 32 columns), 32 (a warp, up
+// to 1024) or the whole block (wider rows). Lane l takes quads l, l + lanes, ... in order.
+inline int lanes_per_row(int64_t cols) {
+  const int64_t quads = (cols + 3) / 4;
+  return quads <= 8 ? 8 : quads <= 256 ? 32 : kThreads;
+}
+inline unsigned int row_blocks(int64_t rows, int lanes) { return blocks_for(rows, kThreads / lanes); }
+
+// The sum over a row's `lanes` threads by a fixed tree; the total lands in the row's first thread.
+// Every thread of the block calls it the same number of times (it shuffles across whole warps and,
+// for a block per row, synchronizes the block).
+template <typename A>
+__device__ __forceinline__ A row_sum(A v, int lanes) {
+  if (lanes <= 32) {
+    for (int o = lanes / 2; o > 0; o >>= 1) v = add_rn(v, __shfl_down_sync(0xffffffffu, v, o, lanes));
+    return v;
+  }
+  __shared__ A part[kWarpsPerBlock];
+  for (int o = 16; o > 0; o >>= 1) v = add_rn(v, __shfl_down_sync(0xffffffffu, v, o));
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int w = 1; w < kWarpsPerBlock; ++w) v = add_rn(v, part[w]);
+  __syncthreads();
+  return v;
 }
 
 // dtype dispatch (kernel_args.h) with CUDA's 16-bit storage types.
