@@ -73,11 +73,15 @@ def _broadcast(op: str, names: tuple[str, ...], tensors: tuple[torch.Tensor, ...
         _fail(op, f"shapes do not broadcast: {shapes}")
 
 
+def _plain_pair(mu, logvar) -> bool:
+    """The common case, in a few attribute reads (this runs on every call): plain tensors of one float
+    dtype, shape and device. Nothing to unify under autocast and nothing to refuse."""
+    return (type(mu) is _Tensor and type(logvar) is _Tensor and mu.dtype in _FLOATS and logvar.dtype is mu.dtype
+            and logvar.shape == mu.shape and mu.dim() > 0 and logvar.device == mu.device)
+
+
 def _check_latents(op: str, mu, logvar, prior_mu=None, prior_logvar=None):
-    # the common case, checked in a few attribute reads (this runs on every call)
-    if (prior_mu is None and prior_logvar is None and type(mu) is _Tensor and type(logvar) is _Tensor
-            and mu.dtype in _FLOATS and logvar.dtype is mu.dtype and logvar.shape == mu.shape
-            and mu.dim() > 0 and logvar.device == mu.device):
+    if prior_mu is None and prior_logvar is None and _plain_pair(mu, logvar):
         return
     _check_float(op, "mu", mu)
     _check_float(op, "logvar", logvar, mu)
@@ -135,7 +139,7 @@ def rng_state(seed: int | torch.Tensor | None = None, offset: int = 0, device=No
         if seed.dtype != torch.int64 or seed.numel() != 2 or seed.dim() != 1:
             raise TypeError(f"vaecuda.rng_state: a seed tensor must be int64 of shape (2,) (seed, offset), got "
                             f"{seed.dtype} of shape {tuple(seed.shape)}")
-        if device is not None and seed.device != torch.device(device):
+        if device is not None and seed.device != (device if type(device) is torch.device else torch.device(device)):
             raise ValueError(f"vaecuda.rng_state: the seed tensor is on {seed.device} but the inputs are on {device}")
         return seed
     if seed is None:
@@ -167,8 +171,9 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples: int | N
     inside the kernel from Philox keyed by (seed, offset) and z's flat index, and regenerated in the
     backward, never stored. ``seed=None`` draws the key from torch's generator; an int or an
     int64 (seed, offset) tensor fixes it (see ``rng_state``)."""
-    mu, logvar = _autocast_unify(mu, logvar)
-    _check_latents("reparameterize", mu, logvar)
+    if not _plain_pair(mu, logvar):
+        mu, logvar = _autocast_unify(mu, logvar)
+        _check_latents("reparameterize", mu, logvar)
     _check_n_samples("reparameterize", n_samples)
     state = rng_state(seed, offset, mu.device)
     if _compiled(mu):
@@ -181,8 +186,9 @@ def reparameterize_with_kl(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples:
     """``(z, kl)`` from one pass: z as in ``reparameterize`` and KL(N(mu, e^logvar) || N(0, I)) summed
     over the last dim, per row ``[*batch]`` (``reduction="none"``), or summed / averaged over rows.
     kl is float32 (float64 for float64 inputs)."""
-    mu, logvar = _autocast_unify(mu, logvar)
-    _check_latents("reparameterize_with_kl", mu, logvar)
+    if not _plain_pair(mu, logvar):
+        mu, logvar = _autocast_unify(mu, logvar)
+        _check_latents("reparameterize_with_kl", mu, logvar)
     _check_n_samples("reparameterize_with_kl", n_samples)
     _check_reduction("reparameterize_with_kl", reduction)
     state = rng_state(seed, offset, mu.device)
@@ -206,8 +212,9 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor |
     batch mean of latent dim j's KL, so dims below lam nats get no gradient; it needs
     ``reduction="mean"`` (that value) or ``"sum"`` (times the number of rows)."""
     op = "gaussian_kl"
-    mu, logvar, prior_mu, prior_logvar = _autocast_unify(mu, logvar, prior_mu, prior_logvar)
-    _check_latents(op, mu, logvar, prior_mu, prior_logvar)
+    if prior_mu is not None or prior_logvar is not None or not _plain_pair(mu, logvar):
+        mu, logvar, prior_mu, prior_logvar = _autocast_unify(mu, logvar, prior_mu, prior_logvar)
+        _check_latents(op, mu, logvar, prior_mu, prior_logvar)
     _check_reduction(op, reduction)
     if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) or not free_bits >= 0:
         _fail(op, f"free_bits must be a number >= 0, got {free_bits!r}")
