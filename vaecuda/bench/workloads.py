@@ -305,7 +305,13 @@ def binding_case(device, dtype, pixels: bool = False) -> Case:
     providers = {"x * 2": lambda fixed: (a * 2.0,), "vaecuda _scale": lambda fixed: (scale_c(a, 2.0),),
                  "custom_op _scale": lambda fixed: (scale_py(a, 2.0),)}
     work = "binding path (pixels)" if pixels else "binding path"
-    return Case(work, "small", "fwd+bwd", dims, providers, {p: [a] for p in providers}, (ga,))
+    case = Case(work, "small", "fwd+bwd", dims, providers, {p: [a] for p in providers}, (ga,))
+    if not pixels:  # what drawing the noise key costs each call with seed=None, beside the floor
+        case.steps[RNG_DRAW] = lambda: vaecuda.rng_state(None, 0, device)
+    return case
+
+
+RNG_DRAW = "rng_state draw"
 
 
 _SCALE_PY = None
