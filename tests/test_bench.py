@@ -104,7 +104,7 @@ def test_main_writes_results(tmp_path, capsys):
     data = json.loads((tmp_path / "bench_cpu_quick.json").read_text())
     assert {"date", "machine", "torch", "vaecuda", "git", "copy_GBps"} <= set(data["meta"])
     providers = {r["provider"] for r in data["rows"]}
-    assert {"eager", "compile", "vaecuda", "x * 2", "vaecuda _scale", "custom_op _scale"} == providers
+    assert {"eager", "compile", "vaecuda", "x * 2", "vaecuda _scale", "custom_op _scale", "rng_state draw"} == providers
     with open(tmp_path / "bench_cpu_quick.csv") as f:
         body = [line for line in f if not line.startswith("#")]
     assert len(list(csv.DictReader(body))) == len(data["rows"])
