@@ -29,12 +29,16 @@ def main(dev=sys.argv[1] if len(sys.argv) > 1 else "cuda"):
     g = torch.Generator(device=dev).manual_seed(0)
     count = 0
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        for rows, width in ((7, 3), (33, 20), (5, 131), (9, 797), (3, 12291)):
+        # widths: multiples of 4 (quads, vector loads) and not, for 8 lanes, a warp and a block per row
+        for rows, width in ((7, 3), (33, 20), (17, 32), (5, 131), (6, 784), (9, 797), (4, 1024), (3, 3072),
+                            (2, 12288), (3, 12291)):
             def make(*shape):
                 return torch.randn(*shape, generator=g, device=dev).to(dtype).requires_grad_()
             mu, lv = make(rows, width), make(rows, width)
             wide = make(rows, 2 * width)
             strided = wide[:, ::2]
+            shifted = make(rows, width + 1)  # contiguous columns, unaligned rows: strided loads
+            lv = lv if width % 8 else shifted[:, 1:]
             # sampling (one and K samples) and sampling with KL
             for n in (None, 3):
                 z = vaecuda.reparameterize(mu, strided, n_samples=n, seed=5)
