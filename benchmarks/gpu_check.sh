@@ -15,6 +15,7 @@ out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 stages=" ${STAGES:-build tests sanitize bench train} "
 export PYTHONUNBUFFERED=1 VAECUDA_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the in-place build, for scripts run from benchmarks/
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null || echo "8.0;9.0")}
 py=${PYTHON:-python3}
 start=$(date +%s)
