@@ -60,10 +60,12 @@ fi
 
 if has tests; then
   echo "== CUDA-only tests first (noise bits, graphs, syncs, autocast), then the whole suite"
-  timeout 150 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/gpu_cuda_tests.log" | tail -n 12
+  # a kernel that hangs fails its test after 90 s (pytest-timeout, where installed) instead of the stage
+  per_test=$("$py" -c "import pytest_timeout" 2>/dev/null && echo "--timeout 90" || true)
+  timeout 150 "$py" -m pytest -q -p no:cacheprovider $per_test tests/test_cuda.py 2>&1 | tee "$out/gpu_cuda_tests.log" | tail -n 12
   stamp cuda-tests $?
   xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
-  OMP_NUM_THREADS=2 timeout 220 "$py" -m pytest -q -p no:cacheprovider $xdist -rs 2>&1 | tee "$out/gpu_tests.log" | tail -n 25
+  OMP_NUM_THREADS=2 timeout 220 "$py" -m pytest -q -p no:cacheprovider $xdist $per_test -rs 2>&1 | tee "$out/gpu_tests.log" | tail -n 25
   stamp whole-suite $?
 fi
 
