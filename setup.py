@@ -126,6 +126,7 @@ def extensions():
     libstdcxx = runtime_libstdcxx()
     if libstdcxx:
         link_flags.append(libstdcxx)
+        say(f"linking against {libstdcxx}, the libstdc++ torch runs on")
     macros = [("VAECUDA_TORCH_VERSION", f'"{torch.__version__}"')]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if build_cuda:

@@ -45,15 +45,21 @@ def main(dev=sys.argv[1] if len(sys.argv) > 1 else "cuda"):
                 zr = ref.reparameterize(mu, strided, vaecuda.rng_state(5, device=dev), n_samples=n)
                 close(z, zr, dtype, f"reparameterize {dtype} {rows}x{width} n={n}")
                 grads(z, mu, wide)
-            z, kl = vaecuda.reparameterize_with_kl(mu, lv, seed=3)
-            close(kl, ref.gaussian_kl(mu, lv), dtype, f"sample+kl {dtype} {rows}x{width}")
-            grads(z.float().sum() + kl.sum(), mu, lv)
+            for n in (None, 3):
+                z, kl = vaecuda.reparameterize_with_kl(mu, lv, n_samples=n, seed=3)
+                close(kl, ref.gaussian_kl(mu, lv), dtype, f"sample+kl {dtype} {rows}x{width} n={n}")
+                grads(z.float().sum() + kl.sum(), mu, lv)
+            grads(vaecuda.reparameterize_with_kl(mu, lv, seed=3)[1], mu, lv)  # the KL's gradient alone
+            grads(vaecuda.reparameterize(mu, lv, n_samples=3, seed=3), mu)  # no d_logvar wanted
             # KL to N(0, I) and between two Gaussians, with a broadcast prior row
             pm, plv = make(1, width), make(width)
             for args in ((mu, strided), (mu, lv, pm, plv)):
                 kl = vaecuda.gaussian_kl(*args)
                 close(kl, ref.gaussian_kl(*args), dtype, f"kl {dtype} {rows}x{width} {len(args)} args")
                 grads(kl, *[a for a in args if a.is_leaf] or [mu])
+            # free bits: the elementwise KL, forward and backward
+            kl = vaecuda.gaussian_kl(mu, lv, reduction="mean", free_bits=0.3)
+            grads(kl, mu, lv)
             # Bernoulli from logits (targets float, bool, uint8; broadcast over 2 samples) and probs
             logits = make(2, rows, width)
             bits = torch.rand(rows, width, generator=g, device=dev) < 0.5
@@ -65,6 +71,18 @@ def main(dev=sys.argv[1] if len(sys.argv) > 1 else "cuda"):
             ll = vaecuda.bernoulli_log_prob_from_probs(probs, bits)
             close(ll, ref.bernoulli_log_prob(probs, bits, probs=True), dtype, f"probs {dtype} {rows}x{width}")
             grads(ll, probs)
+            # the backward op itself (float32/float64 logits otherwise scale the forward's saved
+            # gradient), with d/dtarget of a float target, from logits and from probabilities, and the
+            # event spanning two dims
+            soft = torch.rand(rows, width, generator=g, device=dev).to(dtype).requires_grad_()
+            for inp, as_probs in ((logits, False), (probs, True)):
+                for event_dims in (1, 2):
+                    out = torch.ops.vaecuda.bernoulli_log_prob(inp.detach(), soft.detach(), event_dims, as_probs)
+                    gout = torch.randn(out.shape, generator=g, device=dev).to(out.dtype)
+                    for target, mask in ((soft.detach(), [True, True]), (bits.to(torch.uint8), [True, False])):
+                        torch.ops.vaecuda.bernoulli_log_prob_backward(gout, inp.detach(), target, event_dims,
+                                                                      as_probs, mask)
+            grads(vaecuda.bernoulli_log_prob(logits, soft), logits, soft)
             count += 1
     if dev != "cpu":
         torch.cuda.synchronize()

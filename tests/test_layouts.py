@@ -12,7 +12,9 @@ from vaecuda import reference as ref
 
 from conftest import LOSS_TOL, VALUE_TOL, noncontiguous
 
-WIDTHS = [3, 20, 32, 36, 784, 1030, 3072]
+# 8 lanes (3, 20, 32), a warp (36, 131, 784), a block (1030, 3072) per row on CUDA; 3, 131 and 1030
+# are not multiples of 4
+WIDTHS = [3, 20, 32, 36, 131, 784, 1030, 3072]
 DTYPES = [torch.float32, torch.bfloat16]
 
 
@@ -50,6 +52,10 @@ def test_kl_layouts(device, width, dtype):
         torch.testing.assert_close(olv, dlv, rtol=0, atol=0, msg=name)
     mu, lv = mus["contiguous"], lvs["contiguous"]
     torch.testing.assert_close(kl, ref.gaussian_kl(mu, lv), **LOSS_TOL[dtype])
+    m, l = mu.detach().clone().requires_grad_(), lv.detach().clone().requires_grad_()
+    rmu, rlv = _grads(ref.gaussian_kl(m, l), (m, l), g)
+    torch.testing.assert_close(dmu, rmu, **VALUE_TOL[dtype])
+    torch.testing.assert_close(dlv, rlv, **VALUE_TOL[dtype])
     # a prior broadcast along the rows ([D]) against the same prior copied per row
     pm, plv = _rand((width,), dtype, device, 3), _rand((width,), dtype, device, 4)
     a = vaecuda.gaussian_kl(mu, lv, pm, plv)
@@ -106,6 +112,9 @@ def test_bernoulli_layouts(device, width, dtype, target_dtype):
         torch.testing.assert_close(od, d, rtol=0, atol=0, msg=name)
     logits = base.view(k, rows, width)
     torch.testing.assert_close(ll, ref.bernoulli_log_prob(logits, bits), **LOSS_TOL[dtype])
+    rl = logits.detach().clone().requires_grad_()
+    torch.testing.assert_close(d, _grads(ref.bernoulli_log_prob(rl, bits), rl, g)[0].reshape(k * rows, width),
+                               **VALUE_TOL[dtype])
     # from probabilities, in the layouts too
     probs = torch.sigmoid(logits.float()).to(dtype)
     a = vaecuda.bernoulli_log_prob_from_probs(probs, bits)
