@@ -1,0 +1,237 @@
+// Runs the vaecuda CUDA kernels under a CPU emulation (cuda_runtime.h beside this file) against plain
+// loops over the same math (vae_math.h): every kernel, widths for 8 lanes / a warp / a block per row,
+// multiples of 4 and not, four layouts, K samples, float32 throughout and bfloat16 logits/latents with
+// uint8 targets for the 8- and 4-byte vector loads. tests/test_cuda_emulated.py builds and runs it.
+#include "gaussian_kl.cu"
+#include "reparameterize.cu"
+#include "bernoulli_log_prob.cu"
+#include <cstdio>
+#include <random>
+
+using namespace vaecuda;
+using namespace vaecuda::math;
+static int failures = 0;
+#define CHECK(cond, ...) do { if (!(cond)) { ++failures; if (failures < 20) { printf("FAIL %s:%d ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } } } while (0)
+
+// An operand [rows, cols] in one of 4 layouts inside its own buffer.
+struct Mat {
+  std::vector<float> buf;
+  RowView v;
+  const float* base = nullptr;
+  Mat(const std::vector<float>& vals, int64_t rows, int64_t cols, int layout) {
+    // 0 contiguous, 1 every other column, 2 column-major, 3 one row broadcast to all rows
+    if (layout == 0) { buf = vals; v.ndim = 1; v.sizes[0] = rows; v.strides[0] = cols; v.col_stride = 1; }
+    if (layout == 1) {
+      buf.assign(2 * rows * cols + 1, 0.f);
+      for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j) buf[r * 2 * cols + 2 * j] = vals[r * cols + j];
+      v.ndim = 1; v.sizes[0] = rows; v.strides[0] = 2 * cols; v.col_stride = 2;
+    }
+    if (layout == 2) {
+      buf.assign(rows * cols, 0.f);
+      for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j) buf[j * rows + r] = vals[r * cols + j];
+      v.ndim = 1; v.sizes[0] = rows; v.strides[0] = 1; v.col_stride = rows;
+    }
+    if (layout == 3) { buf.assign(vals.begin(), vals.begin() + cols); v.ndim = 0; v.col_stride = 1; }
+    base = buf.data();
+  }
+};
+
+static std::vector<float> randv(int64_t n, std::mt19937& g, float scale = 1.f) {
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+int main() {
+  std::mt19937 g(0);
+  const int64_t widths[] = {3, 20, 32, 36, 131, 784, 1030, 3072};
+  for (int64_t cols : widths) {
+    const int64_t rows = cols > 1000 ? 3 : 9;
+    const auto mu = randv(rows * cols, g), lv = randv(rows * cols, g);
+    // ---- KL forward, all layouts (mu and logvar in the same layout; layout 3 broadcasts row 0)
+    std::vector<float> first;
+    for (int layout = 0; layout < 4; ++layout) {
+      Mat m(mu, rows, cols, layout), l(lv, rows, cols, layout);
+      std::vector<float> out(rows, -1.f);
+      KLArgs a; a.rows = rows; a.cols = cols; a.dtype = Dtype::f32; a.mu = m.base; a.logvar = l.base;
+      a.v_mu = m.v; a.v_logvar = l.v; a.out = out.data();
+      cuda::launch(a, nullptr);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t rr = layout == 3 ? 0 : r;
+        double s = 0; for (int64_t j = 0; j < cols; ++j) s += kl_std_normal(mu[rr * cols + j], lv[rr * cols + j]);
+        CHECK(std::fabs(out[r] - s) <= 1e-4 * (1 + std::fabs(s)), "kl fwd cols %ld layout %d row %ld: %g vs %g", cols, layout, r, out[r], s);
+      }
+      if (layout == 0) first = out;
+      else if (layout < 3) CHECK(std::memcmp(first.data(), out.data(), rows * 4) == 0, "kl bits differ, cols %ld layout %d", cols, layout);
+      // elementwise
+      std::vector<float> el(rows * cols, -1.f);
+      a.elementwise = true; a.out = el.data();
+      cuda::launch(a, nullptr);
+      for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j) {
+        const int64_t rr = layout == 3 ? 0 : r;
+        CHECK(el[r * cols + j] == kl_std_normal(mu[rr * cols + j], lv[rr * cols + j]), "kl elementwise cols %ld", cols);
+      }
+      // backward: grad per row
+      std::vector<float> gr = randv(rows, g), dmu(rows * cols, -7.f), dlv(rows * cols, -7.f);
+      KLBackwardArgs b; b.in = a; b.in.elementwise = false; b.grad = gr.data();
+      b.v_grad.ndim = 1; b.v_grad.sizes[0] = rows; b.v_grad.strides[0] = 1; b.v_grad.col_stride = 0;
+      b.d_mu = dmu.data(); b.d_logvar = dlv.data();
+      cuda::launch(b, nullptr);
+      for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j) {
+        const int64_t rr = layout == 3 ? 0 : r;
+        float em, el2; kl_std_normal_grad(mu[rr * cols + j], lv[rr * cols + j], gr[r], em, el2);
+        CHECK(dmu[r * cols + j] == em && dlv[r * cols + j] == el2, "kl bwd cols %ld layout %d (%ld,%ld): %g %g vs %g %g", cols, layout, r, j, dmu[r*cols+j], dlv[r*cols+j], em, el2);
+      }
+    }
+    // ---- KL with a prior broadcast over rows ([D])
+    {
+      Mat m(mu, rows, cols, 0), l(lv, rows, cols, 1);
+      const auto pmv = randv(cols, g), plv = randv(cols, g);
+      Mat pm(pmv, 1, cols, 3), pl(plv, 1, cols, 3);
+      std::vector<float> out(rows);
+      KLArgs a; a.rows = rows; a.cols = cols; a.mu = m.base; a.logvar = l.base; a.prior_mu = pm.base; a.prior_logvar = pl.base;
+      a.v_mu = m.v; a.v_logvar = l.v; a.v_prior_mu = pm.v; a.v_prior_logvar = pl.v; a.out = out.data();
+      cuda::launch(a, nullptr);
+      for (int64_t r = 0; r < rows; ++r) {
+        double s = 0; for (int64_t j = 0; j < cols; ++j) s += kl_normal(mu[r * cols + j], lv[r * cols + j], pmv[j], plv[j]);
+        CHECK(std::fabs(out[r] - s) <= 1e-4 * (1 + std::fabs(s)), "kl prior cols %ld", cols);
+      }
+    }
+    // ---- sampling, K = 1 and 3, with and without KL, layouts 0-2; then the backward
+    for (int64_t K : {1, 3}) {
+      for (int layout = 0; layout < 3; ++layout) {
+        Mat m(mu, rows, cols, layout), l(lv, rows, cols, layout);
+        std::vector<float> z(K * rows * cols, -9.f), kl(rows, -9.f);
+        ReparamArgs a; a.rows = rows; a.cols = cols; a.samples = K; a.seed = 1234567; a.offset = 42;
+        a.mu = m.base; a.logvar = l.base; a.v_mu = m.v; a.v_logvar = l.v; a.z = z.data(); a.kl = kl.data();
+        cuda::launch(a, nullptr);
+        const int64_t plane = rows * cols;
+        for (int64_t e = 0; e < K * plane; ++e) {
+          const int64_t p = e % plane;
+          const float eps = normal_group(a.seed, a.offset, e >> 2).v[e & 3];
+          const float want = mu[p] + std_from_logvar(lv[p]) * eps;
+          CHECK(z[e] == want, "z cols %ld K %ld layout %d e %ld: %g vs %g", cols, K, layout, e, z[e], want);
+        }
+        // the KL equals the KL kernel's bits
+        std::vector<float> klk(rows);
+        KLArgs ka; ka.rows = rows; ka.cols = cols; ka.mu = m.base; ka.logvar = l.base; ka.v_mu = m.v; ka.v_logvar = l.v; ka.out = klk.data();
+        cuda::launch(ka, nullptr);
+        CHECK(std::memcmp(klk.data(), kl.data(), rows * 4) == 0, "sample+kl KL bits differ from gaussian_kl, cols %ld", cols);
+        // backward with grad_z [K, rows, cols] contiguous and grad_kl [rows]
+        const auto gz = randv(K * plane, g), gkl = randv(rows, g);
+        std::vector<float> dmu(plane, -7.f), dlv(plane, -7.f);
+        ReparamBackwardArgs b; b.in = a; b.grad_z = gz.data();
+        b.v_grad_z.ndim = 1; b.v_grad_z.sizes[0] = K * rows; b.v_grad_z.strides[0] = cols; b.v_grad_z.col_stride = 1;
+        b.grad_kl = gkl.data(); b.v_grad_kl.ndim = 1; b.v_grad_kl.sizes[0] = rows; b.v_grad_kl.strides[0] = 1;
+        b.d_mu = dmu.data(); b.d_logvar = dlv.data();
+        cuda::launch(b, nullptr);
+        for (int64_t p = 0; p < plane; ++p) {
+          float gs = 0, ge = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            const int64_t e = k * plane + p;
+            gs += gz[e]; ge += gz[e] * normal_group(a.seed, a.offset, e >> 2).v[e & 3];
+          }
+          float km, kv; kl_std_normal_grad(mu[p], lv[p], gkl[p / cols], km, kv);
+          const float wm = gs + km, wv = ge * 0.5f * std_from_logvar(lv[p]) + kv;
+          CHECK(std::fabs(dmu[p] - wm) <= 1e-5f * (1 + std::fabs(wm)) && std::fabs(dlv[p] - wv) <= 1e-5f * (1 + std::fabs(wv)),
+                "reparam bwd cols %ld K %ld layout %d p %ld: %g %g vs %g %g", cols, K, layout, p, dmu[p], dlv[p], wm, wv);
+        }
+      }
+    }
+    // ---- Bernoulli: logits [2, rows, cols] in layouts 0-2 (as 2*rows rows), target [rows, cols] broadcast
+    {
+      const int64_t R = 2 * rows;
+      const auto lg = randv(R * cols, g, 3.f);
+      std::vector<float> x(rows * cols);
+      for (auto& v : x) v = (g() & 1) ? 1.f : 0.f;
+      std::vector<float> first_out;
+      for (int layout = 0; layout < 3; ++layout) {
+        Mat L(lg, R, cols, layout);
+        std::vector<float> out(R, -9.f), dl(R * cols, -9.f);
+        BernoulliArgs a; a.rows = R; a.cols = cols; a.logits = L.base; a.v_logits = L.v;
+        a.target = x.data(); a.v_target.ndim = 2; a.v_target.sizes[0] = 2; a.v_target.sizes[1] = rows;
+        a.v_target.strides[0] = 0; a.v_target.strides[1] = cols; a.v_target.col_stride = 1;
+        a.out = out.data(); a.d_logits = dl.data();
+        cuda::launch(a, nullptr);
+        for (int64_t r = 0; r < R; ++r) {
+          double s = 0;
+          for (int64_t j = 0; j < cols; ++j) {
+            float gd; s += bernoulli_term_and_grad<false, float>(lg[r * cols + j], x[(r % rows) * cols + j], gd);
+            CHECK(dl[r * cols + j] == gd, "bernoulli dl cols %ld layout %d", cols, layout);
+          }
+          CHECK(std::fabs(out[r] - s) <= 1e-4 * (1 + std::fabs(s)), "bernoulli fwd cols %ld layout %d row %ld: %g vs %g", cols, layout, r, out[r], s);
+        }
+        if (layout == 0) first_out = out;
+        else CHECK(std::memcmp(first_out.data(), out.data(), R * 4) == 0, "bernoulli bits differ, layout %d cols %ld", layout, cols);
+        // the backward op: d_logits and d_target
+        const auto gr = randv(R, g);
+        std::vector<float> dl2(R * cols, -9.f), dx(R * cols, -9.f);
+        BernoulliBackwardArgs b; b.in = a; b.in.d_logits = nullptr; b.grad = gr.data();
+        b.v_grad.ndim = 1; b.v_grad.sizes[0] = R; b.v_grad.strides[0] = 1; b.d_logits = dl2.data(); b.d_target = dx.data();
+        cuda::launch(b, nullptr);
+        for (int64_t e = 0; e < R * cols; ++e) {
+          const int64_t r = e / cols, j = e % cols;
+          const float l = lg[e], xv = x[(r % rows) * cols + j];
+          const float wdl = gr[r] * vaecuda::math::bernoulli_term_grad_input<false, float>(l, xv);
+          const float wdx = gr[r] * vaecuda::math::bernoulli_term_grad_target<false, float>(l);
+          CHECK(dl2[e] == wdl, "bernoulli bwd dl cols %ld", cols);
+          CHECK(dx[e] == wdx, "bernoulli bwd dx cols %ld", cols);
+        }
+      }
+    }
+    // ---- bfloat16 latents and logits, uint8 targets: the 8- and 4-byte quads, contiguous and strided
+    {
+      using bf = __nv_bfloat16;
+      std::vector<bf> mb(rows * cols), lb(rows * cols);
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        mb[i] = __float2bfloat16_rn(mu[i]);
+        lb[i] = __float2bfloat16_rn(lv[i]);
+      }
+      std::vector<bf> ms(2 * rows * cols), ls(2 * rows * cols);  // every other column of wider rows
+      for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j) {
+        ms[r * 2 * cols + 2 * j] = mb[r * cols + j]; ls[r * 2 * cols + 2 * j] = lb[r * cols + j];
+      }
+      std::vector<float> outs[2];
+      for (int strided = 0; strided < 2; ++strided) {
+        KLArgs a; a.rows = rows; a.cols = cols; a.dtype = Dtype::bf16;
+        a.mu = strided ? ms.data() : mb.data(); a.logvar = strided ? ls.data() : lb.data();
+        a.v_mu.ndim = a.v_logvar.ndim = 1; a.v_mu.sizes[0] = a.v_logvar.sizes[0] = rows;
+        a.v_mu.strides[0] = a.v_logvar.strides[0] = strided ? 2 * cols : cols;
+        a.v_mu.col_stride = a.v_logvar.col_stride = strided ? 2 : 1;
+        outs[strided].assign(rows, -1.f); a.out = outs[strided].data();
+        cuda::launch(a, nullptr);
+        for (int64_t r = 0; r < rows; ++r) {
+          double s = 0;
+          for (int64_t j = 0; j < cols; ++j)
+            s += kl_std_normal(__bfloat162float(mb[r * cols + j]), __bfloat162float(lb[r * cols + j]));
+          CHECK(std::fabs(outs[strided][r] - s) <= 1e-4 * (1 + std::fabs(s)), "bf16 kl cols %ld strided %d", cols, strided);
+        }
+      }
+      CHECK(std::memcmp(outs[0].data(), outs[1].data(), rows * 4) == 0, "bf16 kl bits differ, cols %ld", cols);
+      std::vector<uint8_t> xb(rows * cols);
+      for (auto& v : xb) v = g() & 1;
+      std::vector<float> out(rows);
+      std::vector<bf> dl(rows * cols);
+      BernoulliArgs b; b.rows = rows; b.cols = cols; b.logits_dtype = Dtype::bf16; b.target_dtype = Dtype::u8;
+      b.logits = mb.data(); b.target = xb.data();
+      b.v_logits.ndim = b.v_target.ndim = 1; b.v_logits.sizes[0] = b.v_target.sizes[0] = rows;
+      b.v_logits.strides[0] = b.v_target.strides[0] = cols; b.v_logits.col_stride = b.v_target.col_stride = 1;
+      b.out = out.data(); b.d_logits = dl.data();
+      cuda::launch(b, nullptr);
+      for (int64_t r = 0; r < rows; ++r) {
+        double s = 0;
+        for (int64_t j = 0; j < cols; ++j) {
+          float gd;
+          s += bernoulli_term_and_grad<false, float>(__bfloat162float(mb[r * cols + j]), float(xb[r * cols + j]), gd);
+          const float got = __bfloat162float(dl[r * cols + j]), want = __bfloat162float(__float2bfloat16_rn(gd));
+          CHECK(got == want, "bf16 bernoulli dl cols %ld", cols);
+        }
+        CHECK(std::fabs(out[r] - s) <= 1e-4 * (1 + std::fabs(s)), "bf16 bernoulli cols %ld row %ld", cols, r);
+      }
+    }
+    printf("cols %ld ok so far (failures %d)\n", cols, failures);
+  }
+  printf(failures ? "FAILED: %d\n" : "all passed\n", failures);
+  return failures != 0;
+}
