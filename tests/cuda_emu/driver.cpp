@@ -45,6 +45,15 @@ static std::vector<float> randv(int64_t n, std::mt19937& g, float scale = 1.f) {
 
 int main() {
   std::mt19937 g(0);
+  {  // the raw normals, from a device-side (seed, offset)
+    const int64_t state[2] = {-5, 7};
+    std::vector<float> out(1003, -9.f);
+    cuda::normals(state, (int64_t(1) << 33) + 1, 1003, out.data(), nullptr);
+    for (int64_t i = 0; i < 1003; ++i) {
+      const uint64_t n = (uint64_t(1) << 33) + 1 + i;
+      CHECK(out[i] == normal_group(uint64_t(-5), 7, n >> 2).v[n & 3], "normals %ld", i);
+    }
+  }
   const int64_t widths[] = {3, 20, 32, 36, 131, 784, 1030, 3072};
   for (int64_t cols : widths) {
     const int64_t rows = cols > 1000 ? 3 : 9;
@@ -97,6 +106,20 @@ int main() {
         double s = 0; for (int64_t j = 0; j < cols; ++j) s += kl_normal(mu[r * cols + j], lv[r * cols + j], pmv[j], plv[j]);
         CHECK(std::fabs(out[r] - s) <= 1e-4 * (1 + std::fabs(s)), "kl prior cols %ld", cols);
       }
+      // backward with an elementwise gradient [rows, cols] (free bits) and all four outputs
+      const auto ge = randv(rows * cols, g);
+      std::vector<float> d[4];
+      for (auto& v : d) v.assign(rows * cols, -7.f);
+      KLBackwardArgs b; b.in = a; b.in.elementwise = true; b.grad = ge.data();
+      b.v_grad.ndim = 1; b.v_grad.sizes[0] = rows; b.v_grad.strides[0] = cols; b.v_grad.col_stride = 1;
+      b.d_mu = d[0].data(); b.d_logvar = d[1].data(); b.d_prior_mu = d[2].data(); b.d_prior_logvar = d[3].data();
+      cuda::launch(b, nullptr);
+      for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j) {
+        const int64_t e = r * cols + j;
+        float w[4];
+        kl_normal_grad(mu[e], lv[e], pmv[j], plv[j], ge[e], w[0], w[1], w[2], w[3]);
+        CHECK(d[0][e] == w[0] && d[1][e] == w[1] && d[2][e] == w[2] && d[3][e] == w[3], "kl prior bwd cols %ld", cols);
+      }
     }
     // ---- sampling, K = 1 and 3, with and without KL, layouts 0-2; then the backward
     for (int64_t K : {1, 3}) {
@@ -112,6 +135,14 @@ int main() {
           const float eps = normal_group(a.seed, a.offset, e >> 2).v[e & 3];
           const float want = mu[p] + std_from_logvar(lv[p]) * eps;
           CHECK(z[e] == want, "z cols %ld K %ld layout %d e %ld: %g vs %g", cols, K, layout, e, z[e], want);
+        }
+        {  // the key read from a device-side rng_state (as captured graphs use it) gives the same z
+          const int64_t state[2] = {int64_t(a.seed), int64_t(a.offset)};
+          ReparamArgs d = a; d.seed = 0; d.offset = 0; d.rng_state = state;
+          std::vector<float> z2(z.size(), -9.f), kl2(rows);
+          d.z = z2.data(); d.kl = kl2.data();
+          cuda::launch(d, nullptr);
+          CHECK(std::memcmp(z.data(), z2.data(), z.size() * 4) == 0, "z from rng_state differs, cols %ld", cols);
         }
         // the KL equals the KL kernel's bits
         std::vector<float> klk(rows);
