@@ -6,6 +6,7 @@
 #include "reparameterize.cu"
 #include "bernoulli_log_prob.cu"
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 
 using namespace vaecuda;
@@ -259,6 +260,43 @@ int main() {
           CHECK(got == want, "bf16 bernoulli dl cols %ld", cols);
         }
         CHECK(std::fabs(out[r] - s) <= 1e-4 * (1 + std::fabs(s)), "bf16 bernoulli cols %ld row %ld", cols, r);
+      }
+    }
+    // ---- float64 KL (32-byte quads, from an aligned buffer) and Bernoulli from probabilities
+    {
+      const size_t bytes = (sizeof(double) * rows * cols + 63) / 64 * 64;  // a multiple of the alignment
+      double* md = static_cast<double*>(std::aligned_alloc(64, bytes));
+      double* ld = static_cast<double*>(std::aligned_alloc(64, bytes));
+      for (int64_t i = 0; i < rows * cols; ++i) { md[i] = mu[i]; ld[i] = lv[i]; }
+      std::vector<double> out(rows);
+      KLArgs a; a.rows = rows; a.cols = cols; a.dtype = Dtype::f64; a.mu = md; a.logvar = ld;
+      a.v_mu.ndim = a.v_logvar.ndim = 1; a.v_mu.sizes[0] = a.v_logvar.sizes[0] = rows;
+      a.v_mu.strides[0] = a.v_logvar.strides[0] = cols; a.v_mu.col_stride = a.v_logvar.col_stride = 1;
+      a.out = out.data();
+      cuda::launch(a, nullptr);
+      for (int64_t r = 0; r < rows; ++r) {
+        double s = 0; for (int64_t j = 0; j < cols; ++j) s += kl_std_normal(md[r * cols + j], ld[r * cols + j]);
+        CHECK(std::fabs(out[r] - s) <= 1e-12 * (1 + std::fabs(s)), "f64 kl cols %ld", cols);
+      }
+      std::free(md);
+      std::free(ld);
+      std::vector<float> p(rows * cols), x(rows * cols), o(rows), dp(rows * cols);
+      std::uniform_real_distribution<float> u(0.f, 1.f);
+      for (int64_t i = 0; i < rows * cols; ++i) { p[i] = u(g); x[i] = u(g); }
+      p[0] = 0.f;  // log 0 clamps at -100
+      BernoulliArgs b; b.rows = rows; b.cols = cols; b.probs = true; b.logits = p.data(); b.target = x.data();
+      b.v_logits.ndim = b.v_target.ndim = 1; b.v_logits.sizes[0] = b.v_target.sizes[0] = rows;
+      b.v_logits.strides[0] = b.v_target.strides[0] = cols; b.v_logits.col_stride = b.v_target.col_stride = 1;
+      b.out = o.data(); b.d_logits = dp.data();
+      cuda::launch(b, nullptr);
+      for (int64_t r = 0; r < rows; ++r) {
+        double s = 0;
+        for (int64_t j = 0; j < cols; ++j) {
+          float gd;
+          s += bernoulli_term_and_grad<true, float>(p[r * cols + j], x[r * cols + j], gd);
+          CHECK(dp[r * cols + j] == gd, "probs dp cols %ld", cols);
+        }
+        CHECK(std::fabs(o[r] - s) <= 1e-4 * (1 + std::fabs(s)), "probs fwd cols %ld row %ld: %g vs %g", cols, r, o[r], s);
       }
     }
     printf("cols %ld ok so far (failures %d)\n", cols, failures);
