@@ -16,40 +16,35 @@ struct BernoulliPlan {
 template <typename TL, typename TX, bool Probs>
 __global__ void bernoulli_forward_kernel(BernoulliArgs a, BernoulliPlan plan) {
   using A = typename Acc<TL>::type;
-  const int lanes = plan.lanes, per_block = kThreads / lanes;
-  const int lane = threadIdx.x % lanes;
   const int64_t quads = (a.cols + 3) / 4;
-  for (int64_t first = static_cast<int64_t>(blockIdx.x) * per_block; first < a.rows;
-       first += static_cast<int64_t>(gridDim.x) * per_block) {
-    const int64_t r = first + threadIdx.x / lanes;
-    const bool valid = r < a.rows;
-    A acc = A(0);
-    if (valid) {
-      const TL* l = static_cast<const TL*>(a.logits) + a.v_logits.row_offset(r);
-      const TX* x = static_cast<const TX*>(a.target) + a.v_target.row_offset(r);
-      TL* dl = a.d_logits ? static_cast<TL*>(a.d_logits) + r * a.cols : nullptr;
-      for (int64_t q = lane; q < quads; q += lanes) {
-        const int64_t j = 4 * q;
-        A v[4], xv[4], t[4];
-        load_quad(l, j, a.cols, a.v_logits.col_stride, plan.logits_ready, v);
-        load_quad(x, j, a.cols, a.v_target.col_stride, plan.target_ready, xv);
-        if (dl) {  // the gradient too, from the same exponentials
-          A g[4];
+  for_each_row<A>(
+      a.rows, plan.lanes, true,
+      [&](int64_t r, int lane) {
+        const TL* l = static_cast<const TL*>(a.logits) + a.v_logits.row_offset(r);
+        const TX* x = static_cast<const TX*>(a.target) + a.v_target.row_offset(r);
+        TL* dl = a.d_logits ? static_cast<TL*>(a.d_logits) + r * a.cols : nullptr;
+        A acc = A(0);
+        for (int64_t q = lane; q < quads; q += plan.lanes) {
+          const int64_t j = 4 * q;
+          A v[4], xv[4], t[4];
+          load_quad(l, j, a.cols, a.v_logits.col_stride, plan.logits_ready, v);
+          load_quad(x, j, a.cols, a.v_target.col_stride, plan.target_ready, xv);
+          if (dl) {  // the gradient too, from the same exponentials
+            A g[4];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) t[i] = bernoulli_term_and_grad<Probs, A>(v[i], xv[i], g[i]);
-          store_quad(dl, j, a.cols, plan.out_ready, g);
-        } else {
+            for (int i = 0; i < 4; ++i) t[i] = bernoulli_term_and_grad<Probs, A>(v[i], xv[i], g[i]);
+            store_quad(dl, j, a.cols, plan.out_ready, g);
+          } else {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) t[i] = bernoulli_term<Probs, A>(v[i], xv[i]);
+            for (int i = 0; i < 4; ++i) t[i] = bernoulli_term<Probs, A>(v[i], xv[i]);
+          }
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            if (j + i < a.cols) acc = add_rn(acc, t[i]);
         }
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          if (j + i < a.cols) acc = add_rn(acc, t[i]);
-      }
-    }
-    acc = row_sum(acc, lanes);
-    if (valid && lane == 0) static_cast<A*>(a.out)[r] = acc;
-  }
+        return acc;
+      },
+      [&](int64_t r, A total) { static_cast<A*>(a.out)[r] = total; });
 }
 
 template <typename TL, typename TX, bool Probs>

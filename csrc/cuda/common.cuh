@@ -149,6 +149,26 @@ __device__ __forceinline__ A row_sum(A v, int lanes) {
   return v;
 }
 
+// The row loop of every row kernel: `lanes` threads per row, kThreads / lanes rows to a block, grid-
+// stride over groups of rows, so that every thread of a block runs the same iterations (row_sum shuffles
+// whole warps and, for a block per row, synchronizes the block). lane_sum(r, lane) runs for real rows
+// only and returns that lane's part of row r; with `sum` set, write(r, total) gets each row's total in
+// the row's first thread.
+template <typename A, typename LaneSum, typename Write>
+__device__ __forceinline__ void for_each_row(int64_t rows, int lanes, bool sum, LaneSum&& lane_sum, Write&& write) {
+  const int per_block = kThreads / lanes, lane = threadIdx.x % lanes;
+  for (int64_t first = static_cast<int64_t>(blockIdx.x) * per_block; first < rows;
+       first += static_cast<int64_t>(gridDim.x) * per_block) {
+    const int64_t r = first + threadIdx.x / lanes;
+    const bool valid = r < rows;
+    A acc = valid ? lane_sum(r, lane) : A(0);
+    if (sum) {
+      acc = row_sum(acc, lanes);
+      if (valid && lane == 0) write(r, acc);
+    }
+  }
+}
+
 // dtype dispatch (kernel_args.h) with CUDA's 16-bit storage types.
 template <typename F>
 void dispatch_float(Dtype t, F&& f) {

@@ -37,35 +37,28 @@ template <typename T, bool Prior>
 __global__ void kl_forward_kernel(KLArgs a, KLPlan plan) {
   using A = typename Acc<T>::type;
   A* out = static_cast<A*>(a.out);
-  const int lanes = plan.lanes, per_block = kThreads / lanes;
-  const int lane = threadIdx.x % lanes;
   const int64_t quads = (a.cols + 3) / 4;
-  for (int64_t first = static_cast<int64_t>(blockIdx.x) * per_block; first < a.rows;
-       first += static_cast<int64_t>(gridDim.x) * per_block) {
-    const int64_t r = first + threadIdx.x / lanes;
-    const bool valid = r < a.rows;
-    A acc = A(0);
-    if (valid) {
-      for (int64_t q = lane; q < quads; q += lanes) {
-        const int64_t j = 4 * q;
-        A t[4];
-        kl_quad<T, Prior>(a, plan, r, j, t);
-        if (a.elementwise) {
+  for_each_row<A>(
+      a.rows, plan.lanes, !a.elementwise,
+      [&](int64_t r, int lane) {
+        A acc = A(0);
+        for (int64_t q = lane; q < quads; q += plan.lanes) {
+          const int64_t j = 4 * q;
+          A t[4];
+          kl_quad<T, Prior>(a, plan, r, j, t);
+          if (a.elementwise) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i)
-            if (j + i < a.cols) out[r * a.cols + j + i] = t[i];
-        } else {
+            for (int i = 0; i < 4; ++i)
+              if (j + i < a.cols) out[r * a.cols + j + i] = t[i];
+          } else {
 #pragma unroll
-          for (int i = 0; i < 4; ++i)
-            if (j + i < a.cols) acc = add_rn(acc, t[i]);
+            for (int i = 0; i < 4; ++i)
+              if (j + i < a.cols) acc = add_rn(acc, t[i]);
+          }
         }
-      }
-    }
-    if (!a.elementwise) {  // uniform over the grid: every thread reaches the row sum
-      acc = row_sum(acc, lanes);
-      if (valid && lane == 0) out[r] = acc;
-    }
-  }
+        return acc;
+      },
+      [&](int64_t r, A total) { out[r] = total; });
 }
 
 struct KLBackwardPlan {

@@ -24,46 +24,39 @@ __global__ void reparam_rows_kernel(ReparamArgs a, ReparamPlan plan) {
   using A = typename Acc<T>::type;
   uint64_t seed, offset;
   stream_key(a, seed, offset);
-  const int lanes = plan.lanes, per_block = kThreads / lanes;
-  const int lane = threadIdx.x % lanes;
   const int64_t per_row = a.cols / 4, plane = a.rows * a.cols;
   T* z = static_cast<T*>(a.z);
   A* kl = static_cast<A*>(a.kl);
-  for (int64_t first = static_cast<int64_t>(blockIdx.x) * per_block; first < a.rows;
-       first += static_cast<int64_t>(gridDim.x) * per_block) {
-    const int64_t r = first + threadIdx.x / lanes;
-    const bool valid = r < a.rows;
-    A acc = A(0);
-    if (valid) {
-      const T* mu = static_cast<const T*>(a.mu) + a.v_mu.row_offset(r);
-      const T* lv = static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r);
-      for (int64_t q = lane; q < per_row; q += lanes) {
-        const int64_t j = 4 * q;
-        A m[4], l[4], s[4];
-        load_quad(mu, j, a.cols, a.v_mu.col_stride, plan.mu_ready, m);
-        load_quad(lv, j, a.cols, a.v_logvar.col_stride, plan.logvar_ready, l);
+  for_each_row<A>(
+      a.rows, plan.lanes, kl != nullptr,
+      [&](int64_t r, int lane) {
+        const T* mu = static_cast<const T*>(a.mu) + a.v_mu.row_offset(r);
+        const T* lv = static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r);
+        A acc = A(0);
+        for (int64_t q = lane; q < per_row; q += plan.lanes) {
+          const int64_t j = 4 * q;
+          A m[4], l[4], s[4];
+          load_quad(mu, j, a.cols, a.v_mu.col_stride, plan.mu_ready, m);
+          load_quad(lv, j, a.cols, a.v_logvar.col_stride, plan.logvar_ready, l);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) s[i] = std_from_logvar(l[i]);
-        const int64_t e = r * a.cols + j;  // flat index in sample 0; a multiple of 4
-        for (int64_t k = 0; k < a.samples; ++k) {
-          const F4 eps = normal_group(seed, offset, static_cast<uint64_t>((k * plane + e) >> 2));
-          A zq[4];
+          for (int i = 0; i < 4; ++i) s[i] = std_from_logvar(l[i]);
+          const int64_t e = r * a.cols + j;  // flat index in sample 0; a multiple of 4
+          for (int64_t k = 0; k < a.samples; ++k) {
+            const F4 eps = normal_group(seed, offset, static_cast<uint64_t>((k * plane + e) >> 2));
+            A zq[4];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) zq[i] = m[i] + s[i] * static_cast<A>(eps.v[i]);
-          store_quad(z + k * plane + e, 0, 4, plan.z_ready, zq);
+            for (int i = 0; i < 4; ++i) zq[i] = m[i] + s[i] * static_cast<A>(eps.v[i]);
+            store_quad(z + k * plane + e, 0, 4, plan.z_ready, zq);
+          }
+          if (kl) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc = add_rn(acc, kl_std_normal(m[i], l[i]));  // as gaussian_kl.cu:
+            // the same expression, so the same code (tests/test_reparameterize.py checks the bits agree)
+          }
         }
-        if (kl) {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) acc = add_rn(acc, kl_std_normal(m[i], l[i]));  // as gaussian_kl.cu:
-          // the same expression, so the same code (tests/test_reparameterize.py checks the bits agree)
-        }
-      }
-    }
-    if (kl) {
-      acc = row_sum(acc, lanes);
-      if (valid && lane == 0) kl[r] = acc;
-    }
-  }
+        return acc;
+      },
+      [&](int64_t r, A total) { kl[r] = total; });
 }
 
 template <typename T>
