@@ -14,6 +14,16 @@ using namespace vaecuda::math;
 static int failures = 0;
 #define CHECK(cond, ...) do { if (!(cond)) { ++failures; if (failures < 20) { printf("FAIL %s:%d ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } } } while (0)
 
+// A view with one batch dim: row r starts at r * row_stride, column j at j * col_stride.
+static RowView view(int64_t rows, int64_t row_stride, int64_t col_stride) {
+  RowView v;
+  v.ndim = 1;
+  v.sizes[0] = rows;
+  v.strides[0] = row_stride;
+  v.col_stride = col_stride;
+  return v;
+}
+
 // An operand [rows, cols] in one of 4 layouts inside its own buffer.
 struct Mat {
   std::vector<float> buf;
@@ -21,16 +31,16 @@ struct Mat {
   const float* base = nullptr;
   Mat(const std::vector<float>& vals, int64_t rows, int64_t cols, int layout) {
     // 0 contiguous, 1 every other column, 2 column-major, 3 one row broadcast to all rows
-    if (layout == 0) { buf = vals; v.ndim = 1; v.sizes[0] = rows; v.strides[0] = cols; v.col_stride = 1; }
+    if (layout == 0) { buf = vals; v = view(rows, cols, 1); }
     if (layout == 1) {
       buf.assign(2 * rows * cols + 1, 0.f);
       for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j) buf[r * 2 * cols + 2 * j] = vals[r * cols + j];
-      v.ndim = 1; v.sizes[0] = rows; v.strides[0] = 2 * cols; v.col_stride = 2;
+      v = view(rows, 2 * cols, 2);
     }
     if (layout == 2) {
       buf.assign(rows * cols, 0.f);
       for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j) buf[j * rows + r] = vals[r * cols + j];
-      v.ndim = 1; v.sizes[0] = rows; v.strides[0] = 1; v.col_stride = rows;
+      v = view(rows, 1, rows);
     }
     if (layout == 3) { buf.assign(vals.begin(), vals.begin() + cols); v.ndim = 0; v.col_stride = 1; }
     base = buf.data();
@@ -85,7 +95,7 @@ int main() {
       // backward: grad per row
       std::vector<float> gr = randv(rows, g), dmu(rows * cols, -7.f), dlv(rows * cols, -7.f);
       KLBackwardArgs b; b.in = a; b.in.elementwise = false; b.grad = gr.data();
-      b.v_grad.ndim = 1; b.v_grad.sizes[0] = rows; b.v_grad.strides[0] = 1; b.v_grad.col_stride = 0;
+      b.v_grad = view(rows, 1, 0);
       b.d_mu = dmu.data(); b.d_logvar = dlv.data();
       cuda::launch(b, nullptr);
       for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j) {
@@ -112,7 +122,7 @@ int main() {
       std::vector<float> d[4];
       for (auto& v : d) v.assign(rows * cols, -7.f);
       KLBackwardArgs b; b.in = a; b.in.elementwise = true; b.grad = ge.data();
-      b.v_grad.ndim = 1; b.v_grad.sizes[0] = rows; b.v_grad.strides[0] = cols; b.v_grad.col_stride = 1;
+      b.v_grad = view(rows, cols, 1);
       b.d_mu = d[0].data(); b.d_logvar = d[1].data(); b.d_prior_mu = d[2].data(); b.d_prior_logvar = d[3].data();
       cuda::launch(b, nullptr);
       for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j) {
@@ -154,8 +164,8 @@ int main() {
         const auto gz = randv(K * plane, g), gkl = randv(rows, g);
         std::vector<float> dmu(plane, -7.f), dlv(plane, -7.f);
         ReparamBackwardArgs b; b.in = a; b.grad_z = gz.data();
-        b.v_grad_z.ndim = 1; b.v_grad_z.sizes[0] = K * rows; b.v_grad_z.strides[0] = cols; b.v_grad_z.col_stride = 1;
-        b.grad_kl = gkl.data(); b.v_grad_kl.ndim = 1; b.v_grad_kl.sizes[0] = rows; b.v_grad_kl.strides[0] = 1;
+        b.v_grad_z = view(K * rows, cols, 1);
+        b.grad_kl = gkl.data(); b.v_grad_kl = view(rows, 1, 0);
         b.d_mu = dmu.data(); b.d_logvar = dlv.data();
         cuda::launch(b, nullptr);
         for (int64_t p = 0; p < plane; ++p) {
@@ -200,7 +210,7 @@ int main() {
         const auto gr = randv(R, g);
         std::vector<float> dl2(R * cols, -9.f), dx(R * cols, -9.f);
         BernoulliBackwardArgs b; b.in = a; b.in.d_logits = nullptr; b.grad = gr.data();
-        b.v_grad.ndim = 1; b.v_grad.sizes[0] = R; b.v_grad.strides[0] = 1; b.d_logits = dl2.data(); b.d_target = dx.data();
+        b.v_grad = view(R, 1, 0); b.d_logits = dl2.data(); b.d_target = dx.data();
         cuda::launch(b, nullptr);
         for (int64_t e = 0; e < R * cols; ++e) {
           const int64_t r = e / cols, j = e % cols;
@@ -228,9 +238,7 @@ int main() {
       for (int strided = 0; strided < 2; ++strided) {
         KLArgs a; a.rows = rows; a.cols = cols; a.dtype = Dtype::bf16;
         a.mu = strided ? ms.data() : mb.data(); a.logvar = strided ? ls.data() : lb.data();
-        a.v_mu.ndim = a.v_logvar.ndim = 1; a.v_mu.sizes[0] = a.v_logvar.sizes[0] = rows;
-        a.v_mu.strides[0] = a.v_logvar.strides[0] = strided ? 2 * cols : cols;
-        a.v_mu.col_stride = a.v_logvar.col_stride = strided ? 2 : 1;
+        a.v_mu = a.v_logvar = strided ? view(rows, 2 * cols, 2) : view(rows, cols, 1);
         outs[strided].assign(rows, -1.f); a.out = outs[strided].data();
         cuda::launch(a, nullptr);
         for (int64_t r = 0; r < rows; ++r) {
@@ -247,8 +255,7 @@ int main() {
       std::vector<bf> dl(rows * cols);
       BernoulliArgs b; b.rows = rows; b.cols = cols; b.logits_dtype = Dtype::bf16; b.target_dtype = Dtype::u8;
       b.logits = mb.data(); b.target = xb.data();
-      b.v_logits.ndim = b.v_target.ndim = 1; b.v_logits.sizes[0] = b.v_target.sizes[0] = rows;
-      b.v_logits.strides[0] = b.v_target.strides[0] = cols; b.v_logits.col_stride = b.v_target.col_stride = 1;
+      b.v_logits = b.v_target = view(rows, cols, 1);
       b.out = out.data(); b.d_logits = dl.data();
       cuda::launch(b, nullptr);
       for (int64_t r = 0; r < rows; ++r) {
@@ -270,8 +277,7 @@ int main() {
       for (int64_t i = 0; i < rows * cols; ++i) { md[i] = mu[i]; ld[i] = lv[i]; }
       std::vector<double> out(rows);
       KLArgs a; a.rows = rows; a.cols = cols; a.dtype = Dtype::f64; a.mu = md; a.logvar = ld;
-      a.v_mu.ndim = a.v_logvar.ndim = 1; a.v_mu.sizes[0] = a.v_logvar.sizes[0] = rows;
-      a.v_mu.strides[0] = a.v_logvar.strides[0] = cols; a.v_mu.col_stride = a.v_logvar.col_stride = 1;
+      a.v_mu = a.v_logvar = view(rows, cols, 1);
       a.out = out.data();
       cuda::launch(a, nullptr);
       for (int64_t r = 0; r < rows; ++r) {
@@ -285,8 +291,7 @@ int main() {
       for (int64_t i = 0; i < rows * cols; ++i) { p[i] = u(g); x[i] = u(g); }
       p[0] = 0.f;  // log 0 clamps at -100
       BernoulliArgs b; b.rows = rows; b.cols = cols; b.probs = true; b.logits = p.data(); b.target = x.data();
-      b.v_logits.ndim = b.v_target.ndim = 1; b.v_logits.sizes[0] = b.v_target.sizes[0] = rows;
-      b.v_logits.strides[0] = b.v_target.strides[0] = cols; b.v_logits.col_stride = b.v_target.col_stride = 1;
+      b.v_logits = b.v_target = view(rows, cols, 1);
       b.out = o.data(); b.d_logits = dp.data();
       cuda::launch(b, nullptr);
       for (int64_t r = 0; r < rows; ++r) {
