@@ -73,16 +73,15 @@ def _broadcast(op: str, names: tuple[str, ...], tensors: tuple[torch.Tensor, ...
         _fail(op, f"shapes do not broadcast: {shapes}")
 
 
-def _plain_pair(mu, logvar) -> bool:
-    """The common case, in a few attribute reads (this runs on every call): plain tensors of one float
-    dtype, shape and device. Nothing to unify under autocast and nothing to refuse."""
-    return (type(mu) is _Tensor and type(logvar) is _Tensor and mu.dtype in _FLOATS and logvar.dtype is mu.dtype
-            and logvar.shape == mu.shape and mu.dim() > 0 and logvar.device == mu.device)
-
-
-def _check_latents(op: str, mu, logvar, prior_mu=None, prior_logvar=None):
-    if prior_mu is None and prior_logvar is None and _plain_pair(mu, logvar):
-        return
+def _latents(op: str, mu, logvar, prior_mu=None, prior_logvar=None):
+    """mu, logvar and the prior as the kernels take them: validated, and computed in float32 where
+    autocast mixes their dtypes (_autocast_unify). The common case, plain tensors of one float dtype,
+    shape and device and no prior, costs a few attribute reads (this runs on every call)."""
+    if (prior_mu is None and prior_logvar is None and type(mu) is _Tensor and type(logvar) is _Tensor
+            and mu.dtype in _FLOATS and logvar.dtype is mu.dtype and logvar.shape == mu.shape
+            and mu.dim() > 0 and logvar.device == mu.device):
+        return mu, logvar, None, None
+    mu, logvar, prior_mu, prior_logvar = _autocast_unify(mu, logvar, prior_mu, prior_logvar)
     _check_float(op, "mu", mu)
     _check_float(op, "logvar", logvar, mu)
     names, tensors = ("mu", "logvar"), (mu, logvar)
@@ -95,6 +94,7 @@ def _check_latents(op: str, mu, logvar, prior_mu=None, prior_logvar=None):
     shape = mu.shape if all(t.shape == mu.shape for t in tensors) else _broadcast(op, names, tensors)
     if len(shape) == 0:
         _fail(op, "mu must have at least one dim (the latent dim), got a scalar")
+    return mu, logvar, prior_mu, prior_logvar
 
 
 def _autocast_unify(*tensors):
@@ -171,9 +171,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples: int | N
     inside the kernel from Philox keyed by (seed, offset) and z's flat index, and regenerated in the
     backward, never stored. ``seed=None`` draws the key from torch's generator; an int or an
     int64 (seed, offset) tensor fixes it (see ``rng_state``)."""
-    if not _plain_pair(mu, logvar):
-        mu, logvar = _autocast_unify(mu, logvar)
-        _check_latents("reparameterize", mu, logvar)
+    mu, logvar, _, _ = _latents("reparameterize", mu, logvar)
     _check_n_samples("reparameterize", n_samples)
     state = rng_state(seed, offset, mu.device)
     if _compiled(mu):
@@ -186,9 +184,7 @@ def reparameterize_with_kl(mu: torch.Tensor, logvar: torch.Tensor, *, n_samples:
     """``(z, kl)`` from one pass: z as in ``reparameterize`` and KL(N(mu, e^logvar) || N(0, I)) summed
     over the last dim, per row ``[*batch]`` (``reduction="none"``), or summed / averaged over rows.
     kl is float32 (float64 for float64 inputs)."""
-    if not _plain_pair(mu, logvar):
-        mu, logvar = _autocast_unify(mu, logvar)
-        _check_latents("reparameterize_with_kl", mu, logvar)
+    mu, logvar, _, _ = _latents("reparameterize_with_kl", mu, logvar)
     _check_n_samples("reparameterize_with_kl", n_samples)
     _check_reduction("reparameterize_with_kl", reduction)
     state = rng_state(seed, offset, mu.device)
@@ -212,9 +208,7 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor |
     batch mean of latent dim j's KL, so dims below lam nats get no gradient; it needs
     ``reduction="mean"`` (that value) or ``"sum"`` (times the number of rows)."""
     op = "gaussian_kl"
-    if prior_mu is not None or prior_logvar is not None or not _plain_pair(mu, logvar):
-        mu, logvar, prior_mu, prior_logvar = _autocast_unify(mu, logvar, prior_mu, prior_logvar)
-        _check_latents(op, mu, logvar, prior_mu, prior_logvar)
+    mu, logvar, prior_mu, prior_logvar = _latents(op, mu, logvar, prior_mu, prior_logvar)
     _check_reduction(op, reduction)
     if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) or not free_bits >= 0:
         _fail(op, f"free_bits must be a number >= 0, got {free_bits!r}")
