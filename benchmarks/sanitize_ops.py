@@ -1,6 +1,6 @@
 """Every CUDA kernel once, forward and backward, for compute-sanitizer (run by gpu_check.sh):
 
-    compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize_ops.py
+    compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize_ops.py [cuda [dtype ...]]
 
 Shapes cover the row-size classes the kernels pick between (sub-warp, warp, block rows), vector tails
 (widths that are not a multiple of 4 or 8), strided and broadcast inputs, sample dims, the four float
@@ -25,10 +25,10 @@ def grads(out, *leaves):
     return torch.autograd.grad(out.float().sum(), leaves)
 
 
-def main(dev=sys.argv[1] if len(sys.argv) > 1 else "cuda"):
+def main(dev="cuda", dtypes=("float32", "float64", "bfloat16", "float16")):
     g = torch.Generator(device=dev).manual_seed(0)
     count = 0
-    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+    for dtype in (getattr(torch, name) for name in dtypes):
         # widths: multiples of 4 (quads, vector loads) and not, for 8 lanes, a warp and a block per row
         for rows, width in ((7, 3), (33, 20), (17, 32), (5, 131), (6, 784), (9, 797), (4, 1024), (3, 3072),
                             (2, 12288), (3, 12291)):
@@ -51,6 +51,9 @@ def main(dev=sys.argv[1] if len(sys.argv) > 1 else "cuda"):
                 grads(z.float().sum() + kl.sum(), mu, lv)
             grads(vaecuda.reparameterize_with_kl(mu, lv, seed=3)[1], mu, lv)  # the KL's gradient alone
             grads(vaecuda.reparameterize(mu, lv, n_samples=3, seed=3), mu)  # no d_logvar wanted
+            # the backward op itself with both gradients of one sample (autograd passes d mu through)
+            torch.ops.vaecuda.reparameterize_backward(z[0].detach(), None, mu.detach(), lv.detach(),
+                                                      vaecuda.rng_state(3, device=dev), None, [True, True])
             # KL to N(0, I) and between two Gaussians, with a broadcast prior row
             pm, plv = make(1, width), make(width)
             for args in ((mu, strided), (mu, lv, pm, plv)):
@@ -89,5 +92,5 @@ def main(dev=sys.argv[1] if len(sys.argv) > 1 else "cuda"):
     print(f"sanitize_ops: {count} shape/dtype groups, every op fwd+bwd, all matched the reference")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # sanitize_ops.py [device [dtype ...]]
+    main(*sys.argv[1:2], *([sys.argv[2:]] if len(sys.argv) > 2 else []))

@@ -100,14 +100,45 @@ def test_double_backward_raises_clearly(device, which):
     out = {"kl": lambda: vaecuda.gaussian_kl(mu, lv),
            "reparameterize": lambda: vaecuda.reparameterize(mu, lv, seed=0),
            "bernoulli": lambda: vaecuda.bernoulli_log_prob(mu, torch.rand_like(lv))}[which]().square().sum()
-    (g,) = torch.autograd.grad(out, [mu], create_graph=True)  # first derivative with a graph: fine
+    # sampling's d mu is the upstream gradient passed through (differentiable as it is); its d logvar
+    # comes from the kernel
+    wrt = lv if which == "reparameterize" else mu
+    (g,) = torch.autograd.grad(out, [wrt], create_graph=True)  # first derivative with a graph: fine
     expected = torch.autograd.grad({"kl": lambda: ref.gaussian_kl(mu, lv),
                                     "reparameterize": lambda: ref.reparameterize(mu, lv, vaecuda.rng_state(0, device=device)),
                                     "bernoulli": lambda: ref.bernoulli_log_prob(mu, torch.rand_like(lv))}[which]().square().sum(),
-                                   [mu])[0] if which != "bernoulli" else g
+                                   [wrt])[0] if which != "bernoulli" else g
     torch.testing.assert_close(g, expected)
     with pytest.raises(RuntimeError, match="second derivative of .* is not implemented"):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("lv_grad", [True, False])
+def test_reparameterize_passes_grad_mu_through(device, lv_grad):
+    """One sample, no KL gradient: d mu is the upstream gradient itself (no kernel writes a copy), and
+    differentiating it again is exact (it is the identity's derivative)."""
+    mu = torch.randn(5, 8, device=device, dtype=torch.float64, requires_grad=True)
+    lv = torch.randn(5, 8, device=device, dtype=torch.float64, requires_grad=lv_grad)
+    g = torch.randn(5, 8, device=device, dtype=torch.float64)
+    z = vaecuda.reparameterize(mu, lv, seed=4)
+    grads = torch.autograd.grad(z, [mu, lv] if lv_grad else [mu], g)
+    assert grads[0].data_ptr() == g.data_ptr()  # the very tensor
+    zr = ref.reparameterize(mu, lv, vaecuda.rng_state(4, device=device))
+    for a, b in zip(grads, torch.autograd.grad(zr, [mu, lv] if lv_grad else [mu], g)):
+        torch.testing.assert_close(a, b)
+    # second derivative through d mu, against the reference's
+    (dmu,) = torch.autograd.grad(vaecuda.reparameterize(mu, lv, seed=4).square().sum(), [mu], create_graph=True)
+    (dmu_ref,) = torch.autograd.grad(zr.square().sum(), [mu], create_graph=True)
+    torch.testing.assert_close(torch.autograd.grad(dmu.sum(), [mu])[0], torch.autograd.grad(dmu_ref.sum(), [mu])[0])
+    # broadcast mu (logvar wider), K samples and a KL gradient still go through the kernel
+    mu1 = mu[:1].detach().requires_grad_()
+    (d1,) = torch.autograd.grad(vaecuda.reparameterize(mu1, lv, seed=4), [mu1], g)
+    torch.testing.assert_close(d1, g.sum(0, keepdim=True))
+    (dk,) = torch.autograd.grad(vaecuda.reparameterize(mu, lv, n_samples=3, seed=4), [mu], g.expand(3, 5, 8))
+    torch.testing.assert_close(dk, 3 * g)
+    z, kl = vaecuda.reparameterize_with_kl(mu, lv, seed=4)
+    (dkl,) = torch.autograd.grad((z, kl), [mu], (g, torch.ones(5, device=device, dtype=torch.float64)))
+    torch.testing.assert_close(dkl, g + mu)
 
 
 def test_backward_computes_only_requested_gradients(device):

@@ -106,8 +106,9 @@ __global__ void reparam_backward_quads(ReparamBackwardArgs b, ReparamPlan plan) 
   for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < quads;
        q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = q / per_row, j = 4 * (q - r * per_row), e = r * a.cols + j;
-    A m[4], l[4], gsum[4] = {}, gse[4] = {};
-    load_quad(static_cast<const T*>(a.mu) + a.v_mu.row_offset(r), j, a.cols, a.v_mu.col_stride, plan.mu_ready, m);
+    A m[4] = {}, l[4], gsum[4] = {}, gse[4] = {};
+    if (b.grad_kl)  // mu enters only the KL's gradient
+      load_quad(static_cast<const T*>(a.mu) + a.v_mu.row_offset(r), j, a.cols, a.v_mu.col_stride, plan.mu_ready, m);
     load_quad(static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r), j, a.cols, a.v_logvar.col_stride,
               plan.logvar_ready, l);
     if (b.grad_z) {
@@ -155,7 +156,7 @@ __global__ void reparam_backward_kernel(ReparamBackwardArgs b) {
         }
       }
     }
-    const A m = at(static_cast<const T*>(a.mu) + a.v_mu.row_offset(r), j, a.v_mu.col_stride);
+    const A m = b.grad_kl ? at(static_cast<const T*>(a.mu) + a.v_mu.row_offset(r), j, a.v_mu.col_stride) : A(0);
     const A l = at(static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r), j, a.v_logvar.col_stride);
     const A* gkl = b.grad_kl ? static_cast<const A*>(b.grad_kl) + b.v_grad_kl.row_offset(r) : nullptr;
     A dmu, dlv;
