@@ -17,9 +17,10 @@ def test_min_bytes():
     lat, pix, row = 2 * 3 * 4, 2 * 5 * 4, 2 * 4
     assert workloads.min_bytes("kl", "fwd", d, 4) == 2 * lat + row
     assert workloads.min_bytes("kl", "fwd+bwd", d, 4) == 2 * lat + row + row + 4 * lat
-    assert workloads.min_bytes("sample", "fwd+bwd", d, 4) == 3 * lat + 4 * lat
+    assert workloads.min_bytes("sample", "fwd+bwd", d, 4) == 3 * lat + 3 * lat  # d mu: the upstream gradient
     assert workloads.min_bytes("bernoulli", "fwd+bwd", d, 4) == 2 * pix + row + row + 3 * pix
     k = dict(d, K=7)  # K samples: z and logits K times, mu/logvar and the target once
+    assert workloads.min_bytes("sample", "fwd+bwd", k, 4) == 9 * lat + 10 * lat  # d mu: sum over 7 samples
     assert workloads.min_bytes("sample", "fwd", k, 2) == 2 * (lat // 2) + 7 * (lat // 2)
     assert workloads.min_bytes("bernoulli", "fwd", k, 4) == 7 * pix + pix + 7 * row  # [K, B] log-likelihoods
     assert workloads.min_bytes("kl", "fwd", d, 8) == 2 * (2 * lat) + 2 * row  # float64: 8-byte losses

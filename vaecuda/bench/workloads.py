@@ -110,8 +110,9 @@ def min_bytes(work: str, mode: str, dims: dict, esize: int) -> int | None:
     if work == "bernoulli":
         row *= K  # one log-likelihood per sample and row
     bwd = mode == "fwd+bwd"
-    if work == "sample":      # fwd: mu, lv -> z (K samples); bwd: gz, lv -> gmu, glv
-        return 2 * lat + K * lat + (K * lat + 3 * lat if bwd else 0)
+    if work == "sample":      # fwd: mu, lv -> z (K samples); bwd: gz, lv -> glv, and gmu = sum_k gz
+        # (with one sample gmu is gz itself, passed through as torch's add does: nothing to write)
+        return 2 * lat + K * lat + (K * lat + 2 * lat + (lat if K > 1 else 0) if bwd else 0)
     if work == "kl":          # fwd: mu, lv -> kl; bwd: gkl, mu, lv -> gmu, glv
         return 2 * lat + row + (row + 4 * lat if bwd else 0)
     if work == "sample+kl":   # fwd: mu, lv -> z, kl; bwd: gz, gkl, mu, lv -> gmu, glv
