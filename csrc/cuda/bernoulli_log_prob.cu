@@ -51,10 +51,8 @@ template <typename TL, typename TX, bool Probs>
 __global__ void bernoulli_backward_quads(BernoulliBackwardArgs b, BernoulliPlan plan) {
   using A = typename Acc<TL>::type;
   const BernoulliArgs& a = b.in;
-  const int64_t per_row = a.cols / 4, quads = a.rows * per_row;
-  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < quads;
-       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = q / per_row, j = 4 * (q - r * per_row), e = r * a.cols + j;
+  for_each_quad(a.rows, a.cols, [&](int64_t r, int64_t j) {
+    const int64_t e = r * a.cols + j;
     const A g = static_cast<const A*>(b.grad)[b.v_grad.row_offset(r)];
     A l[4];
     load_quad(static_cast<const TL*>(a.logits) + a.v_logits.row_offset(r), j, a.cols, a.v_logits.col_stride,
@@ -76,7 +74,7 @@ __global__ void bernoulli_backward_quads(BernoulliBackwardArgs b, BernoulliPlan 
         store_quad(static_cast<TX*>(b.d_target) + e, 0, 4, plan.target_out_ready, d);
       }
     }
-  }
+  });
 }
 
 template <typename TL, typename TX, bool Probs>

@@ -169,6 +169,18 @@ __device__ __forceinline__ void for_each_row(int64_t rows, int lanes, bool sum, 
   }
 }
 
+// The quad loop of the backward kernels (cols % 4 == 0, so a quad never straddles rows): one thread per
+// quad, grid-stride; body(r, j) gets the quad's row and first column.
+template <typename Body>
+__device__ __forceinline__ void for_each_quad(int64_t rows, int64_t cols, Body&& body) {
+  const int64_t per_row = cols / 4, quads = rows * per_row;
+  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < quads;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = q / per_row;
+    body(r, 4 * (q - r * per_row));
+  }
+}
+
 // dtype dispatch (kernel_args.h) with CUDA's 16-bit storage types.
 template <typename F>
 void dispatch_float(Dtype t, F&& f) {

@@ -72,10 +72,7 @@ template <typename T, bool Prior>
 __global__ void kl_backward_quads(KLBackwardArgs b, KLBackwardPlan plan) {
   using A = typename Acc<T>::type;
   const KLArgs& a = b.in;
-  const int64_t per_row = a.cols / 4, quads = a.rows * per_row;
-  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < quads;
-       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = q / per_row, j = 4 * (q - r * per_row);
+  for_each_quad(a.rows, a.cols, [&](int64_t r, int64_t j) {
     A m[4], l[4], g[4];
     load_quad(static_cast<const T*>(a.mu) + a.v_mu.row_offset(r), j, a.cols, a.v_mu.col_stride, plan.in.ready[0], m);
     load_quad(static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r), j, a.cols, a.v_logvar.col_stride,
@@ -107,7 +104,7 @@ __global__ void kl_backward_quads(KLBackwardArgs b, KLBackwardPlan plan) {
       if (b.d_prior_mu) store_quad(static_cast<T*>(b.d_prior_mu) + e, 0, 4, plan.out_ready, gpm);
       if (b.d_prior_logvar) store_quad(static_cast<T*>(b.d_prior_logvar) + e, 0, 4, plan.out_ready, gpl);
     }
-  }
+  });
 }
 
 // One thread per element, for rows whose width is not a multiple of 4.

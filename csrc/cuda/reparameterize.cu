@@ -102,10 +102,9 @@ __global__ void reparam_backward_quads(ReparamBackwardArgs b, ReparamPlan plan) 
   const ReparamArgs& a = b.in;
   uint64_t seed, offset;
   stream_key(a, seed, offset);
-  const int64_t per_row = a.cols / 4, quads = a.rows * per_row, plane = a.rows * a.cols;
-  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < quads;
-       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = q / per_row, j = 4 * (q - r * per_row), e = r * a.cols + j;
+  const int64_t plane = a.rows * a.cols;
+  for_each_quad(a.rows, a.cols, [&](int64_t r, int64_t j) {
+    const int64_t e = r * a.cols + j;
     A m[4] = {}, l[4], gsum[4] = {}, gse[4] = {};
     if (b.grad_kl)  // mu enters only the KL's gradient
       load_quad(static_cast<const T*>(a.mu) + a.v_mu.row_offset(r), j, a.cols, a.v_mu.col_stride, plan.mu_ready, m);
@@ -131,7 +130,7 @@ __global__ void reparam_backward_quads(ReparamBackwardArgs b, ReparamPlan plan) 
     for (int i = 0; i < 4; ++i) reparam_grads(m[i], l[i], gsum[i], gse[i], gkl, dmu[i], dlv[i]);
     if (b.d_mu) store_quad(static_cast<T*>(b.d_mu) + e, 0, 4, plan.out_ready, dmu);
     if (b.d_logvar) store_quad(static_cast<T*>(b.d_logvar) + e, 0, 4, plan.out_ready, dlv);
-  }
+  });
 }
 
 template <typename T>
