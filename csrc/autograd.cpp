@@ -58,13 +58,29 @@ using KLBwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const
                                                             const OptTensor&, const OptTensor&, bool,
                                                             std::array<bool, 4>);
 
+// On the CPU, with the prior N(0, I), mu and logvar of one shape and float32/float64 (as for the
+// Bernoulli term below), the forward also writes d/dlogvar = (e^logvar - 1) / 2 per element when
+// logvar requires grad, from the exponential it computes anyway; the backward is then d mu = g mu
+// and d logvar = g times that buffer (in place when the graph is not retained), with no second
+// exponential: the exponential is what the CPU kernels' time goes to. On a GPU the op is bound by
+// bytes and launches instead, so the backward op (one kernel, no saved buffer) stays.
+using KLGradSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, bool);
+
 struct GaussianKL : torch::autograd::Function<GaussianKL> {
   static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar, const OptTensor& prior_mu,
                         const OptTensor& prior_logvar, bool elementwise) {
     at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["elementwise"] = elementwise;
+    const at::ScalarType t = mu.scalar_type();
+    if (logvar.requires_grad() && mu.is_cpu() && !prior_mu && !prior_logvar && mu.sym_sizes() == logvar.sym_sizes() &&
+        (t == at::kFloat || t == at::kDouble)) {
+      static auto fg = op<KLGradSig>("vaecuda::_gaussian_kl_and_grad");
+      auto [out, dlv] = fg.call(mu, logvar, elementwise);
+      ctx->save_for_backward({mu, logvar, Tensor(), Tensor(), dlv});
+      return out;
+    }
     static auto kl = op<KLSig>("vaecuda::gaussian_kl");
     ctx->save_for_backward({mu, logvar, prior_mu.value_or(Tensor()), prior_logvar.value_or(Tensor())});
-    ctx->saved_data["elementwise"] = elementwise;
     return kl.call(mu, logvar, prior_mu, prior_logvar, elementwise);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -74,6 +90,14 @@ struct GaussianKL : torch::autograd::Function<GaussianKL> {
                                       s[2].defined() && ctx->needs_input_grad(2),
                                       s[3].defined() && ctx->needs_input_grad(3)};
     const bool elementwise = ctx->saved_data["elementwise"].toBool();
+    if (s.size() == 5 && !at::GradMode::is_enabled()) {
+      const Tensor g = elementwise ? grads[0] : grads[0].unsqueeze(-1);  // per row: [*batch, 1]
+      Tensor dmu, dlv;
+      if (mask[0]) dmu = at::mul(g, s[0]);
+      if (mask[1])  // the saved buffer is this node's own; scale it in place unless it must survive
+        dlv = torch::autograd::get_current_graph_task_keep_graph() ? at::mul(g, s[4]) : s[4].mul_(g);
+      return {dmu, dlv, Tensor(), Tensor(), Tensor()};
+    }
     auto [dmu, dlv, dpm, dpl] = bwd.call(grads[0], s[0], s[1], opt(s[2]), opt(s[3]), elementwise, mask);
     return {maybe(mask[0], dmu), maybe(mask[1], dlv), maybe(mask[2], dpm), maybe(mask[3], dpl), Tensor()};
   }

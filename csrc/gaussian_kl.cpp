@@ -52,16 +52,34 @@ KLProblem kl_problem(const at::Tensor& mu, const at::Tensor& logvar, const std::
   return p;
 }
 
-at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& prior_mu,
-                       const std::optional<at::Tensor>& prior_logvar, bool elementwise) {
+// The forward; with `d_logvar` defined (the broadcast shape, mu's dtype; prior N(0, I) only) also
+// d out / d logvar per element, from the same exponentials.
+at::Tensor kl_forward(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& prior_mu,
+                      const std::optional<at::Tensor>& prior_logvar, bool elementwise, const at::Tensor& d_logvar) {
   c10::DeviceGuard guard(mu.device());
   KLProblem p = kl_problem(mu, logvar, prior_mu, prior_logvar, elementwise);
   at::IntArrayRef out_shape = p.full;
   if (!elementwise) out_shape = out_shape.slice(0, p.full.size() - 1);
   at::Tensor out = at::empty(out_shape, mu.options().dtype(acc_dtype(mu.scalar_type())));
   p.args.out = out.data_ptr();
+  if (d_logvar.defined()) p.args.d_logvar = d_logvar.data_ptr();
   launch(p.args, mu.device());
   return out;
+}
+
+at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& prior_mu,
+                       const std::optional<at::Tensor>& prior_logvar, bool elementwise) {
+  return kl_forward(mu, logvar, prior_mu, prior_logvar, elementwise, at::Tensor());
+}
+
+// KL(q || N(0, I)) and its unscaled d/dlogvar in one pass, for a backward that is then two
+// multiplies (autograd.cpp; CPU only: there the exponential is the cost, on a GPU the bytes are).
+std::tuple<at::Tensor, at::Tensor> gaussian_kl_and_grad(const at::Tensor& mu, const at::Tensor& logvar,
+                                                        bool elementwise) {
+  check_float_operand(mu, "mu", mu, "mu");
+  check_float_operand(logvar, "logvar", mu, "mu");
+  at::Tensor dlv = at::empty(broadcast_with(mu.sizes(), logvar, "logvar", "mu"), mu.options());
+  return {kl_forward(mu, logvar, std::nullopt, std::nullopt, elementwise, dlv), dlv};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
@@ -111,6 +129,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
 
 TORCH_LIBRARY_IMPL(vaecuda, CPU, m) {
   m.impl("gaussian_kl", &gaussian_kl);
+  m.impl("_gaussian_kl_and_grad", &gaussian_kl_and_grad);
   m.impl("gaussian_kl_backward", &gaussian_kl_backward);
 }
 #if defined(VAECUDA_WITH_CUDA)

@@ -24,6 +24,8 @@ struct KLArgs {
   RowView v_mu, v_logvar, v_prior_mu, v_prior_logvar;
   bool elementwise = false;                        // out is [rows, cols] instead of [rows]
   void* out = nullptr;                             // contiguous, accumulation type
+  void* d_logvar = nullptr;                        // CPU, prior N(0, I) only: null, or also d out / d logvar
+                                                   // per element, unscaled: contiguous [rows, cols] in dtype
 };
 
 struct KLBackwardArgs {

@@ -317,6 +317,15 @@ VAE_HD void kl_std_normal_grad(T mu, T lv, T g, T& dmu, T& dlv) {
   dmu = g * mu;
   dlv = g * T(0.5) * (fast_exp(lv) - T(1));
 }
+// The term and its unscaled d/dlv = (e^lv - 1) / 2 from one exponential (the CPU forward that also
+// returns the gradient): g times dlv_unit equals kl_std_normal_grad's dlv bit for bit, since the
+// halving is exact.
+template <typename T>
+VAE_HD T kl_std_normal_and_grad(T mu, T lv, T& dlv_unit) {
+  const T e = fast_exp(lv);
+  dlv_unit = T(0.5) * (e - T(1));
+  return T(0.5) * (e + mu * mu - T(1) - lv);
+}
 
 // KL(N(mu, e^lv) || N(pmu, e^plv)) = (plv - lv + e^(lv - plv) + (mu - pmu)^2 e^-plv - 1) / 2
 template <typename T>

@@ -33,6 +33,8 @@ TORCH_LIBRARY(vaecuda, m) {
   // The forward with d/dlogits per element (unscaled), used when logits require grad.
   m.def("_bernoulli_log_prob_and_grad(Tensor logits, Tensor target, int event_dims, bool probs) "
         "-> (Tensor, Tensor)");
+  // KL to N(0, I) with d/dlogvar per element (unscaled), used on the CPU when logvar requires grad.
+  m.def("_gaussian_kl_and_grad(Tensor mu, Tensor logvar, bool elementwise) -> (Tensor, Tensor)");
   // Test and benchmark hooks: the sampling kernels' noise, and the cheapest op on this binding path.
   m.def("_normals(Tensor rng_state, int first, int count) -> Tensor");
   m.def("_scale(Tensor x, float alpha) -> Tensor");

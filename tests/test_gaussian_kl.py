@@ -105,6 +105,46 @@ def test_free_bits(device, reduction):
                                     [mu.detach().requires_grad_(), lv.detach().requires_grad_()])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("elementwise", [False, True])
+def test_saved_gradient_path_gives_the_backward_ops_bits(device, dtype, elementwise):
+    """On the CPU the forward also writes d/dlogvar when logvar requires grad, and the backward is two
+    multiplies; the gradients must be the backward op's, bit for bit, with and without the graph
+    retained (the buffer is scaled in place only when it is not), and with create_graph (which takes
+    the backward op, so a second derivative raises rather than comes out wrong)."""
+    mu, lv = _inputs((6, 3, 40), dtype, device, scale=3.0)
+    gshape = (6, 3, 40) if elementwise else (6, 3)
+    g1, g2 = torch.randn(gshape, dtype=dtype, device=device), torch.randn(gshape, dtype=dtype, device=device)
+    want1 = torch.ops.vaecuda.gaussian_kl_backward(g1, mu, lv, None, None, elementwise, [True, True, False, False])[:2]
+    want2 = torch.ops.vaecuda.gaussian_kl_backward(g2, mu, lv, None, None, elementwise, [True, True, False, False])[:2]
+    m, l = leaf(mu), leaf(lv)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = torch.ops.vaecuda.gaussian_kl(m, l, None, None, elementwise)
+        first = torch.autograd.grad(out, [m, l], g1, retain_graph=True)
+    names = {e.name for e in prof.events()}
+    on_cpu = torch.device(device).type == "cpu"  # which path ran: the saved gradient's on the CPU only
+    assert ("vaecuda::_gaussian_kl_and_grad" in names) == on_cpu
+    assert ("vaecuda::gaussian_kl_backward" in names) != on_cpu
+    torch.testing.assert_close(out, torch.ops.vaecuda.gaussian_kl(mu, lv, None, None, elementwise), rtol=0, atol=0)
+    again = torch.autograd.grad(out, [m, l], g1, retain_graph=True)
+    other = torch.autograd.grad(out, [m, l], g2)  # frees the graph: the in-place path
+    for got, want in ((first, want1), (again, want1), (other, want2)):
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert not torch.equal(first[1], other[1])
+    # only logvar, only mu
+    (dl,) = torch.autograd.grad(vaecuda.gaussian_kl(mu, l) if not elementwise else
+                                torch.ops.vaecuda.gaussian_kl(mu, l, None, None, True), [l], g1)
+    assert torch.equal(dl, want1[1])
+    (dm,) = torch.autograd.grad(torch.ops.vaecuda.gaussian_kl(m, lv, None, None, elementwise), [m], g1)
+    assert torch.equal(dm, want1[0])
+    # with a graph: the backward op's values, and a clear error on the second derivative
+    graph = torch.autograd.grad(torch.ops.vaecuda.gaussian_kl(m, l, None, None, elementwise), [m, l], g1,
+                                create_graph=True)
+    assert all(torch.equal(a.detach(), b) for a, b in zip(graph, want1))
+    with pytest.raises(RuntimeError, match="second derivative of .* is not implemented"):
+        graph[1].sum().backward()
+
+
 def test_extreme_values_are_finite(device):
     lv = torch.linspace(-30, 30, 601, device=device).reshape(1, -1).repeat(2, 1)
     mu = torch.linspace(-50, 50, 601, device=device).reshape(1, -1).repeat(2, 1)

@@ -30,7 +30,10 @@ def _opcheck_cases(device):
         (ops.bernoulli_log_prob, (torch.rand(4, 2, 6, generator=g).to(device), x.float(), 1, True)),
         (ops.bernoulli_log_prob, (torch.rand(3, 4, 2, 6, generator=g).to(device), x, 3, True)),
         (ops._scale, (r(3, 3), 2.5)),
-    ]
+    ] + ([  # CPU only: the forward that also returns d/dlogvar (see GaussianKL in csrc/autograd.cpp)
+        (ops._gaussian_kl_and_grad, (r(4, 6), r(4, 6), False)),
+        (ops._gaussian_kl_and_grad, (r(3, 4, 6).double(), r(3, 4, 6).double(), True)),
+    ] if torch.device(device).type == "cpu" else [])
 
 
 @pytest.mark.parametrize("requires_grad", [False, True])

@@ -23,6 +23,11 @@ def _gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None, elementwise=False
     return mu.new_empty(shape if elementwise else shape[:-1], dtype=_acc_dtype(mu.dtype))
 
 
+@torch.library.register_fake("vaecuda::_gaussian_kl_and_grad")
+def _gaussian_kl_and_grad(mu, logvar, elementwise):
+    return _gaussian_kl(mu, logvar, elementwise=elementwise), mu.new_empty(torch.broadcast_shapes(mu.shape, logvar.shape))
+
+
 @torch.library.register_fake("vaecuda::gaussian_kl_backward")
 def _gaussian_kl_backward(grad, mu, logvar, prior_mu, prior_logvar, elementwise, output_mask):
     inputs = (mu, logvar, prior_mu, prior_logvar)

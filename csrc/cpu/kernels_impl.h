@@ -138,12 +138,22 @@ void kl_rows(const KLArgs& a, int64_t r0, int64_t r1) {
     A* out = static_cast<A*>(a.out);
     LaneSum<A> sum;
     for_each_block(a.cols, [&](int64_t c0, int64_t n) {
-      for (int64_t j = c0; j < c0 + n; ++j) {
-        const A m = at<RowContig>(mu, j, a.v_mu.col_stride);
-        const A l = at<RowContig>(lv, j, a.v_logvar.col_stride);
-        tmp[j - c0] = Prior ? kl_normal(m, l, at<RowContig>(pm, j, a.v_prior_mu.col_stride),
-                                        at<RowContig>(pl, j, a.v_prior_logvar.col_stride))
-                            : kl_std_normal(m, l);
+      if (!Prior && a.d_logvar) {  // d/dlogvar too, from the same exponentials (KLArgs::d_logvar)
+        T* d = static_cast<T*>(a.d_logvar) + r * a.cols + c0;
+        for (int64_t j = c0; j < c0 + n; ++j) {
+          A g;
+          tmp[j - c0] = kl_std_normal_and_grad(at<RowContig>(mu, j, a.v_mu.col_stride),
+                                               at<RowContig>(lv, j, a.v_logvar.col_stride), g);
+          d[j - c0] = from_acc<T>(g);
+        }
+      } else {
+        for (int64_t j = c0; j < c0 + n; ++j) {
+          const A m = at<RowContig>(mu, j, a.v_mu.col_stride);
+          const A l = at<RowContig>(lv, j, a.v_logvar.col_stride);
+          tmp[j - c0] = Prior ? kl_normal(m, l, at<RowContig>(pm, j, a.v_prior_mu.col_stride),
+                                          at<RowContig>(pl, j, a.v_prior_logvar.col_stride))
+                              : kl_std_normal(m, l);
+        }
       }
       if (a.elementwise)
         std::memcpy(out + r * a.cols + c0, tmp, static_cast<size_t>(n) * sizeof(A));
