@@ -72,8 +72,8 @@ struct GaussianKL : torch::autograd::Function<GaussianKL> {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->saved_data["elementwise"] = elementwise;
     const at::ScalarType t = mu.scalar_type();
-    if (logvar.requires_grad() && mu.is_cpu() && !prior_mu && !prior_logvar && mu.sym_sizes() == logvar.sym_sizes() &&
-        (t == at::kFloat || t == at::kDouble)) {
+    if (at::GradMode::is_enabled() && logvar.requires_grad() && mu.is_cpu() && !prior_mu && !prior_logvar &&
+        mu.sym_sizes() == logvar.sym_sizes() && (t == at::kFloat || t == at::kDouble)) {
       static auto fg = op<KLGradSig>("vaecuda::_gaussian_kl_and_grad");
       auto [out, dlv] = fg.call(mu, logvar, elementwise);
       ctx->save_for_backward({mu, logvar, Tensor(), Tensor(), dlv});

@@ -25,7 +25,7 @@ def _gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None, elementwise=False
 
 @torch.library.register_fake("vaecuda::_gaussian_kl_and_grad")
 def _gaussian_kl_and_grad(mu, logvar, elementwise):
-    return _gaussian_kl(mu, logvar, elementwise=elementwise), mu.new_empty(torch.broadcast_shapes(mu.shape, logvar.shape))
+    return _gaussian_kl(mu, logvar, elementwise=elementwise), mu.new_empty(_shape_of(mu, logvar))
 
 
 @torch.library.register_fake("vaecuda::gaussian_kl_backward")
