@@ -67,13 +67,13 @@ using KLBwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const
 using KLGradSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, bool);
 
 struct GaussianKL : torch::autograd::Function<GaussianKL> {
+  // saved_grad: take the path above (decided by the caller, where grad mode is still the user's:
+  // apply runs forward with grad mode off)
   static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar, const OptTensor& prior_mu,
-                        const OptTensor& prior_logvar, bool elementwise) {
+                        const OptTensor& prior_logvar, bool elementwise, bool saved_grad) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->saved_data["elementwise"] = elementwise;
-    const at::ScalarType t = mu.scalar_type();
-    if (at::GradMode::is_enabled() && logvar.requires_grad() && mu.is_cpu() && !prior_mu && !prior_logvar &&
-        mu.sym_sizes() == logvar.sym_sizes() && (t == at::kFloat || t == at::kDouble)) {
+    if (saved_grad) {
       static auto fg = op<KLGradSig>("vaecuda::_gaussian_kl_and_grad");
       auto [out, dlv] = fg.call(mu, logvar, elementwise);
       ctx->save_for_backward({mu, logvar, Tensor(), Tensor(), dlv});
@@ -96,16 +96,20 @@ struct GaussianKL : torch::autograd::Function<GaussianKL> {
       if (mask[0]) dmu = at::mul(g, s[0]);
       if (mask[1])  // the saved buffer is this node's own; scale it in place unless it must survive
         dlv = torch::autograd::get_current_graph_task_keep_graph() ? at::mul(g, s[4]) : s[4].mul_(g);
-      return {dmu, dlv, Tensor(), Tensor(), Tensor()};
+      return {dmu, dlv, Tensor(), Tensor(), Tensor(), Tensor()};
     }
     auto [dmu, dlv, dpm, dpl] = bwd.call(grads[0], s[0], s[1], opt(s[2]), opt(s[3]), elementwise, mask);
-    return {maybe(mask[0], dmu), maybe(mask[1], dlv), maybe(mask[2], dpm), maybe(mask[3], dpl), Tensor()};
+    return {maybe(mask[0], dmu), maybe(mask[1], dlv), maybe(mask[2], dpm), maybe(mask[3], dpl), Tensor(), Tensor()};
   }
 };
 
 Tensor gaussian_kl_autograd(const Tensor& mu, const Tensor& logvar, const OptTensor& prior_mu,
                             const OptTensor& prior_logvar, bool elementwise) {
-  return GaussianKL::apply(mu, logvar, prior_mu, prior_logvar, elementwise);
+  const at::ScalarType t = mu.scalar_type();
+  const bool saved_grad = at::GradMode::is_enabled() && logvar.requires_grad() && mu.is_cpu() && !prior_mu &&
+                          !prior_logvar && mu.sym_sizes() == logvar.sym_sizes() &&
+                          (t == at::kFloat || t == at::kDouble);
+  return GaussianKL::apply(mu, logvar, prior_mu, prior_logvar, elementwise, saved_grad);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_kl_backward_autograd(

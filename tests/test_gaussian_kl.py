@@ -125,6 +125,9 @@ def test_saved_gradient_path_gives_the_backward_ops_bits(device, dtype, elementw
     on_cpu = torch.device(device).type == "cpu"  # which path ran: the saved gradient's on the CPU only
     assert ("vaecuda::_gaussian_kl_and_grad" in names) == on_cpu
     assert ("vaecuda::gaussian_kl_backward" in names) != on_cpu
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        torch.ops.vaecuda.gaussian_kl(m, l, None, None, elementwise)  # no gradient to come: no buffer
+    assert "vaecuda::_gaussian_kl_and_grad" not in {e.name for e in prof.events()}
     torch.testing.assert_close(out, torch.ops.vaecuda.gaussian_kl(mu, lv, None, None, elementwise), rtol=0, atol=0)
     again = torch.autograd.grad(out, [m, l], g1, retain_graph=True)
     other = torch.autograd.grad(out, [m, l], g2)  # frees the graph: the in-place path
