@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
@@ -23,6 +24,15 @@ c10::TypedOperatorHandle<Sig> op(const char* name) {
 
 OptTensor opt(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 Tensor maybe(bool wanted, const Tensor& t) { return wanted ? t : Tensor(); }
+
+// Whether a backward may scale its own saved buffer in place by the upstream gradient g: not when
+// the graph is retained (the buffer must survive for the next backward), nor when g is batched by
+// by vmap (is_grads_batched, vectorized jacobians: the batched product does not fit the buffer).
+bool scale_saved_in_place(const Tensor& g) {
+  return !torch::autograd::get_current_graph_task_keep_graph() &&
+         !g.key_set().has_any(c10::DispatchKeySet({c10::DispatchKey::Batched, c10::DispatchKey::FuncTorchBatched,
+                                                    c10::DispatchKey::BatchedNestedTensor}));
+}
 
 // The backward ops compute first derivatives only. Called with create_graph=True, their outputs get
 // a grad_fn that raises when (and only when) a second derivative is actually asked for.
@@ -95,7 +105,7 @@ struct GaussianKL : torch::autograd::Function<GaussianKL> {
       Tensor dmu, dlv;
       if (mask[0]) dmu = at::mul(g, s[0]);
       if (mask[1])  // the saved buffer is this node's own; scale it in place unless it must survive
-        dlv = torch::autograd::get_current_graph_task_keep_graph() ? at::mul(g, s[4]) : s[4].mul_(g);
+        dlv = scale_saved_in_place(g) ? s[4].mul_(g) : at::mul(g, s[4]);
       return {dmu, dlv, Tensor(), Tensor(), Tensor(), Tensor()};
     }
     auto [dmu, dlv, dpm, dpl] = bwd.call(grads[0], s[0], s[1], opt(s[2]), opt(s[3]), elementwise, mask);
@@ -209,16 +219,14 @@ using BernGradSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, int
 // The cost: one saved tensor the size of logits. A backward that builds a graph (create_graph=True)
 // takes the backward op instead, so that a second derivative raises rather than comes out wrong.
 struct BernoulliLogProb : torch::autograd::Function<BernoulliLogProb> {
+  // saved_grad: decided by the caller, where grad mode is still the user's (apply runs forward with
+  // grad mode off)
   static Tensor forward(AutogradContext* ctx, const Tensor& logits, const Tensor& target, int64_t event_dims,
-                        bool probs) {
+                        bool probs, bool saved_grad) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->saved_data["event_dims"] = event_dims;
     ctx->saved_data["probs"] = probs;
-    // float32/float64 only: a float16/bfloat16 gradient saved in the forward would meet the float32
-    // upstream gradient in a mixed-dtype multiply, which torch's CPU path runs ~20x slower than a
-    // plain one (measured: 265 ms for [4096, 12288]); the backward op, one rounding, is cheaper.
-    const bool full_precision = logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble;
-    if (logits.requires_grad() && full_precision) {
+    if (saved_grad) {
       static auto fg = op<BernGradSig>("vaecuda::_bernoulli_log_prob_and_grad");
       auto [out, dl] = fg.call(logits, target, event_dims, probs);
       ctx->save_for_backward({logits, target, dl});
@@ -239,25 +247,26 @@ struct BernoulliLogProb : torch::autograd::Function<BernoulliLogProb> {
       std::vector<c10::SymInt> shape(grads[0].sym_sizes().begin(), grads[0].sym_sizes().end());
       shape.resize(shape.size() + static_cast<size_t>(event_dims), c10::SymInt(1));
       const Tensor g = grads[0].reshape_symint(shape);
-      Tensor dl;
-      if (!torch::autograd::get_current_graph_task_keep_graph()) {
-        // The saved d/dlogits is this node's own buffer and the graph is freed after this pass:
-        // scale it in place, sparing a logits-sized allocation (page faults on the CPU) and a pass.
-        dl = s[2].mul_(g);
-      } else {
-        dl = s[2] * g;  // retain_graph: the buffer must survive for the next backward
-      }
+      // The saved d/dlogits is this node's own buffer: scale it in place when allowed, sparing a
+      // logits-sized allocation (page faults on the CPU) and a pass.
+      const Tensor dl = scale_saved_in_place(g) ? s[2].mul_(g) : s[2] * g;
       Tensor dx;
       if (mask[1]) dx = std::get<1>(bwd.call(grads[0], s[0], s[1], event_dims, probs, {false, true}));
-      return {dl, maybe(mask[1], dx), Tensor(), Tensor()};
+      return {dl, maybe(mask[1], dx), Tensor(), Tensor(), Tensor()};
     }
     auto [dl, dx] = bwd.call(grads[0], s[0], s[1], event_dims, probs, mask);
-    return {maybe(mask[0], dl), maybe(mask[1], dx), Tensor(), Tensor()};
+    return {maybe(mask[0], dl), maybe(mask[1], dx), Tensor(), Tensor(), Tensor()};
   }
 };
 
 Tensor bernoulli_log_prob_autograd(const Tensor& logits, const Tensor& target, int64_t event_dims, bool probs) {
-  return BernoulliLogProb::apply(logits, target, event_dims, probs);
+  // float32/float64 only: a float16/bfloat16 gradient saved in the forward would meet the float32
+  // upstream gradient in a mixed-dtype multiply, which torch's CPU path runs ~20x slower than a
+  // plain one (measured: 265 ms for [4096, 12288]); the backward op, one rounding, is cheaper.
+  const at::ScalarType t = logits.scalar_type();
+  const bool saved_grad = at::GradMode::is_enabled() && logits.requires_grad() &&
+                          (t == at::kFloat || t == at::kDouble);
+  return BernoulliLogProb::apply(logits, target, event_dims, probs, saved_grad);
 }
 
 std::tuple<Tensor, Tensor> bernoulli_log_prob_backward_autograd(const Tensor& grad, const Tensor& logits,
@@ -300,6 +309,10 @@ TORCH_LIBRARY_IMPL(vaecuda, Autograd, m) {
   m.impl("bernoulli_log_prob", &bernoulli_log_prob_autograd);
   m.impl("bernoulli_log_prob_backward", &bernoulli_log_prob_backward_autograd);
   m.impl("_scale", &scale_autograd);
+  // The forwards that also return a gradient serve the autograd above, below it; called directly
+  // with inputs that require grad, a backward through them raises instead of leaving grads unset.
+  m.impl("_gaussian_kl_and_grad", torch::autograd::autogradNotImplementedFallback());
+  m.impl("_bernoulli_log_prob_and_grad", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace vaecuda

@@ -8,7 +8,7 @@ from torch.distributions import Bernoulli, Independent
 import vaecuda
 from vaecuda import reference as ref
 
-from conftest import FLOAT_DTYPES, assert_matches_reference, leaf, noncontiguous, requires_compiled
+from conftest import COMPILED, FLOAT_DTYPES, assert_matches_reference, leaf, noncontiguous, requires_compiled
 
 TARGET_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8, torch.bool]
 
@@ -112,6 +112,22 @@ def test_extreme_logits(device):
     assert vaecuda.bernoulli_log_prob(torch.tensor([[1e4, -1e4]]), torch.tensor([[1.0, 0.0]])).item() == 0.0
 
 
+def test_reference_gradient_at_the_kinks(device):
+    """The reference (the oracle, and the fallback backend) differentiates max(l, 0) and |l|, kinked at
+    l = 0; its gradient must still be x - sigmoid(l) there, as torch's BCE-with-logits and the
+    kernels give (autograd's one-sided choices alone would give x - 1)."""
+    l = leaf(torch.tensor([[0.0, -0.0, 0.0, 1e-30, -1e-30, 3.0, -3.0, 1e4, -1e4]], device=device, dtype=torch.float64))
+    x = torch.tensor([[0.0, 1.0, 0.3, 1.0, 0.0, 0.5, 1.0, 0.0, 1.0]], device=device, dtype=torch.float64)
+    out = ref.bernoulli_log_prob(l, x)
+    torch.testing.assert_close(out, -F.binary_cross_entropy_with_logits(l, x, reduction="none").sum(-1))
+    (grad,) = torch.autograd.grad(out.sum(), [l])
+    torch.testing.assert_close(grad, x - torch.sigmoid(l.detach()), rtol=1e-12, atol=1e-12)
+    assert grad[0, 0].item() == -0.5 and grad[0, 1].item() == 0.5
+    if COMPILED:  # and the kernels agree
+        (kgrad,) = torch.autograd.grad(vaecuda.bernoulli_log_prob(l, x).sum(), [l])
+        torch.testing.assert_close(kgrad, grad, rtol=1e-12, atol=1e-12)
+
+
 def test_nan_propagates(device):
     logits = _logits((3, 6), torch.float32, device)
     logits[1, 2] = float("nan")
@@ -159,6 +175,16 @@ def test_gradient_from_the_forward_equals_the_backward_op(device, probs):
     b = leaf(l)
     (graph_grad,) = torch.autograd.grad(fn(b, x), [b], g, create_graph=True)  # the backward op's path
     assert torch.equal(graph_grad.detach(), want)
+
+
+@requires_compiled
+def test_no_saved_gradient_without_grad_mode(device):
+    """Under no_grad nothing will differentiate the result: the forward writes no d/dlogits."""
+    l, x = leaf(_logits((4, 30), torch.float32, device)), _target((4, 30), torch.float32, device)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        vaecuda.bernoulli_log_prob(l, x)
+    names = {e.name for e in prof.events()}
+    assert "vaecuda::bernoulli_log_prob" in names and "vaecuda::_bernoulli_log_prob_and_grad" not in names
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

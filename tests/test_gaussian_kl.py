@@ -139,13 +139,28 @@ def test_saved_gradient_path_gives_the_backward_ops_bits(device, dtype, elementw
                                 torch.ops.vaecuda.gaussian_kl(mu, l, None, None, True), [l], g1)
     assert torch.equal(dl, want1[1])
     (dm,) = torch.autograd.grad(torch.ops.vaecuda.gaussian_kl(m, lv, None, None, elementwise), [m], g1)
-    assert torch.equal(dm, want1[0])
+    assert torch.equal(dm, want1[0]) and torch.equal(dm, (g1 if elementwise else g1[..., None]) * mu)
     # with a graph: the backward op's values, and a clear error on the second derivative
     graph = torch.autograd.grad(torch.ops.vaecuda.gaussian_kl(m, l, None, None, elementwise), [m, l], g1,
                                 create_graph=True)
     assert all(torch.equal(a.detach(), b) for a, b in zip(graph, want1))
     with pytest.raises(RuntimeError, match="second derivative of .* is not implemented"):
         graph[1].sum().backward()
+
+
+def test_free_bits_on_empty_inputs(device):
+    """No latent dims: 0. No rows: "sum" is 0 (a sum over nothing) and "mean" NaN (the mean of nothing),
+    as without free_bits; both still backpropagate."""
+    for reduction in ("sum", "mean"):
+        out = vaecuda.gaussian_kl(torch.zeros(4, 0, device=device), torch.zeros(4, 0, device=device),
+                                  reduction=reduction, free_bits=0.5)
+        assert out.item() == 0.0
+    mu = torch.zeros(0, 6, device=device, requires_grad=True)
+    out = vaecuda.gaussian_kl(mu, torch.zeros(0, 6, device=device), reduction="sum", free_bits=0.5)
+    assert out.item() == 0.0 == vaecuda.gaussian_kl(mu, torch.zeros(0, 6, device=device), reduction="sum").item()
+    out.backward()
+    assert mu.grad.shape == (0, 6)
+    assert torch.isnan(vaecuda.gaussian_kl(mu, torch.zeros(0, 6, device=device), reduction="mean", free_bits=0.5))
 
 
 def test_extreme_values_are_finite(device):

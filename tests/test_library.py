@@ -30,10 +30,16 @@ def _opcheck_cases(device):
         (ops.bernoulli_log_prob, (torch.rand(4, 2, 6, generator=g).to(device), x.float(), 1, True)),
         (ops.bernoulli_log_prob, (torch.rand(3, 4, 2, 6, generator=g).to(device), x, 3, True)),
         (ops._scale, (r(3, 3), 2.5)),
-    ] + ([  # CPU only: the forward that also returns d/dlogvar (see GaussianKL in csrc/autograd.cpp)
+        # the forwards that also return a gradient (not differentiable themselves: see below)
+        (ops._bernoulli_log_prob_and_grad, (r(4, 2, 6), x.float(), 1, False)),
+        (ops._bernoulli_log_prob_and_grad, (torch.rand(4, 2, 6, generator=g).to(device).double(), x, 2, True)),
+    ] + ([  # CPU only: the KL's (see GaussianKL in csrc/autograd.cpp)
         (ops._gaussian_kl_and_grad, (r(4, 6), r(4, 6), False)),
         (ops._gaussian_kl_and_grad, (r(3, 4, 6).double(), r(3, 4, 6).double(), True)),
     ] if torch.device(device).type == "cpu" else [])
+
+
+_NOT_DIFFERENTIABLE = ("_bernoulli_log_prob_and_grad", "_gaussian_kl_and_grad")
 
 
 @pytest.mark.parametrize("requires_grad", [False, True])
@@ -41,7 +47,12 @@ def test_opcheck(device, requires_grad):
     for op, args in _opcheck_cases(device):
         args = tuple(a.requires_grad_() if (requires_grad and isinstance(a, torch.Tensor) and a.is_floating_point()
                                             and a.dtype != torch.int64) else a for a in args)
-        torch.library.opcheck(op, args)
+        # a backward through the private forwards raises by design (test_private_forwards_refuse_a_backward),
+        # so with grads the AOT test, which differentiates, is left out for them
+        utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+        if not (requires_grad and op._qualified_op_name.split("::")[1] in _NOT_DIFFERENTIABLE):
+            utils += ("test_aot_dispatch_dynamic",)
+        torch.library.opcheck(op, args, test_utils=utils)
 
 
 def _loss(mu, lv, logits_w, x):
@@ -100,20 +111,60 @@ def test_compile_inductor_forward_backward(device):
 def test_double_backward_raises_clearly(device, which):
     mu = torch.randn(3, 4, device=device, dtype=torch.float64, requires_grad=True)
     lv = torch.randn(3, 4, device=device, dtype=torch.float64, requires_grad=True)
-    out = {"kl": lambda: vaecuda.gaussian_kl(mu, lv),
-           "reparameterize": lambda: vaecuda.reparameterize(mu, lv, seed=0),
-           "bernoulli": lambda: vaecuda.bernoulli_log_prob(mu, torch.rand_like(lv))}[which]().square().sum()
+    x = torch.rand(3, 4, device=device, dtype=torch.float64)
+    state = vaecuda.rng_state(0, device=device)
+    fns = {"kl": (vaecuda.gaussian_kl, ref.gaussian_kl),
+           "reparameterize": (lambda m, l: vaecuda.reparameterize(m, l, seed=state), lambda m, l: ref.reparameterize(m, l, state)),
+           "bernoulli": (lambda m, l: vaecuda.bernoulli_log_prob(m, x), lambda m, l: ref.bernoulli_log_prob(m, x))}
+    ours, theirs = fns[which]
     # sampling's d mu is the upstream gradient passed through (differentiable as it is); its d logvar
     # comes from the kernel
     wrt = lv if which == "reparameterize" else mu
-    (g,) = torch.autograd.grad(out, [wrt], create_graph=True)  # first derivative with a graph: fine
-    expected = torch.autograd.grad({"kl": lambda: ref.gaussian_kl(mu, lv),
-                                    "reparameterize": lambda: ref.reparameterize(mu, lv, vaecuda.rng_state(0, device=device)),
-                                    "bernoulli": lambda: ref.bernoulli_log_prob(mu, torch.rand_like(lv))}[which]().square().sum(),
-                                   [wrt])[0] if which != "bernoulli" else g
+    (g,) = torch.autograd.grad(ours(mu, lv).square().sum(), [wrt], create_graph=True)  # with a graph: fine
+    (expected,) = torch.autograd.grad(theirs(mu, lv).square().sum(), [wrt])
     torch.testing.assert_close(g, expected)
     with pytest.raises(RuntimeError, match="second derivative of .* is not implemented"):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("which", ["kl", "kl_free_bits", "reparameterize", "sample+kl", "bernoulli"])
+def test_batched_gradients(device, which):
+    """is_grads_batched and vectorized jacobians run the backward under vmap: the saved-gradient paths
+    must not scale their buffers in place there (a batched gradient does not fit them)."""
+    g = torch.Generator().manual_seed(1)
+    mu, lv = (torch.randn(3, 4, generator=g, dtype=torch.float64).to(device).requires_grad_() for _ in range(2))
+    x = torch.rand(3, 4, generator=g, dtype=torch.float64).to(device)
+    state = vaecuda.rng_state(2, device=device)
+    fns = {"kl": (vaecuda.gaussian_kl, ref.gaussian_kl),
+           "kl_free_bits": (lambda m, l: vaecuda.gaussian_kl(m, l, reduction="sum", free_bits=0.3).reshape(1),
+                            lambda m, l: ref.gaussian_kl(m, l, elementwise=True).mean(0).clamp_min(0.3).sum().mul(3).reshape(1)),
+           "reparameterize": (lambda m, l: vaecuda.reparameterize(m, l, seed=state).sum(-1),
+                              lambda m, l: ref.reparameterize(m, l, state).sum(-1)),
+           "sample+kl": (lambda m, l: sum(t.sum(-1) if t.dim() == 2 else t for t in vaecuda.reparameterize_with_kl(m, l, seed=state)),
+                         lambda m, l: sum(t.sum(-1) if t.dim() == 2 else t for t in ref.reparameterize_with_kl(m, l, state))),
+           "bernoulli": (lambda m, l: vaecuda.bernoulli_log_prob(m * l, x), lambda m, l: ref.bernoulli_log_prob(m * l, x))}
+    ours, theirs = fns[which]
+    out = ours(mu, lv)
+    eye = torch.eye(out.numel(), dtype=out.dtype, device=device).reshape(out.numel(), *out.shape)
+    got = torch.autograd.grad(out, [mu, lv], eye, is_grads_batched=True)
+    want = torch.autograd.grad(theirs(mu, lv), [mu, lv], eye, is_grads_batched=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    jac = torch.autograd.functional.jacobian(ours, (mu, lv), vectorize=True)
+    for a, b in zip(jac, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_private_forwards_refuse_a_backward(device):
+    """The forwards that also return a gradient serve the autograd of the public ops from below it;
+    called directly on inputs that require grad, a backward through them raises (no silent None)."""
+    mu = torch.randn(3, 4, device=device, requires_grad=True)
+    calls = [lambda: ops._bernoulli_log_prob_and_grad(mu, torch.rand(3, 4, device=device), 1, False)[0]]
+    if torch.device(device).type == "cpu":
+        calls.append(lambda: ops._gaussian_kl_and_grad(mu, mu.detach(), False)[0])
+    for call in calls:
+        with pytest.raises(RuntimeError, match="derivative for vaecuda::_.*_and_grad is not implemented"):
+            call().sum().backward()
 
 
 @pytest.mark.parametrize("lv_grad", [True, False])

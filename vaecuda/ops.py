@@ -10,6 +10,8 @@ promoted (cast them to one dtype), except under autocast, where they are compute
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _backend
@@ -225,10 +227,13 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor |
         kl = _ref.gaussian_kl(mu, logvar, prior_mu, prior_logvar, elementwise)
     if not elementwise:
         return _reduce(kl, reduction)
-    rows = kl.numel() // kl.shape[-1] if kl.shape[-1] else 0
-    per_dim = kl.reshape(-1, kl.shape[-1]).mean(0)
-    clamped = per_dim.clamp_min(float(free_bits)).sum()
-    return clamped if reduction == "mean" else clamped * rows
+    rows = math.prod(kl.shape[:-1])
+    per_row = kl.reshape(rows, kl.shape[-1])
+    if reduction == "mean":  # no rows: NaN, the mean of nothing (as without free_bits)
+        return per_row.mean(0).clamp_min(float(free_bits)).sum()
+    # "sum": rows times that; no rows: 0, a sum over nothing (as without free_bits)
+    per_dim = per_row.mean(0) if rows else per_row.sum(0)
+    return per_dim.clamp_min(float(free_bits)).sum() * rows
 
 
 def bernoulli_log_prob(logits: torch.Tensor, target: torch.Tensor, *, event_dims: int = 1,

@@ -176,7 +176,11 @@ def bernoulli_log_prob(logits, target, event_dims=1, probs=False):
     if probs:
         terms = _BernoulliProbsTerms.apply(l, x)
     else:
-        terms = x * l - l.clamp_min(0) - torch.log1p(torch.exp(-l.abs()))
+        # max(l, 0) and |l| have kinks at 0 that cancel in the value; autograd's one-sided choices
+        # there (1 for clamp_min, 0 for abs) would give d/dl = x - 1 instead of x - sigmoid(0) =
+        # x - 1/2. The where() term is 0 in value and moves the gradient at l == 0 alone by -1/2.
+        pos = l.clamp_min(0) - 0.5 * torch.where(l == 0, l, 0.0)
+        terms = x * l - pos - torch.log1p(torch.exp(-l.abs()))
     return terms.sum(dim=tuple(range(-event_dims, 0)))
 
 
