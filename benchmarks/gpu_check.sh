@@ -8,6 +8,10 @@
 #   bash benchmarks/gpu_check.sh                         # every stage, quick benchmark suite
 #   STAGES="build tests sanitize" bash benchmarks/gpu_check.sh
 #   STAGES="build bench train" SUITE=full bash benchmarks/gpu_check.sh
+#   # issue 3's reduced-precision rows (bf16 latents and logits, uint8 pixels) at the large shapes, as a
+#   # second call on the same warm machine (the build is already there; ~1-2 minutes):
+#   STAGES="build bench" BENCH_ARGS="--shapes large xlarge --dtypes bfloat16 float32 --ops sample sample+kl kl \
+#     bernoulli bernoulli-u8 --modes fwd+bwd --train --no-binding" bash benchmarks/gpu_check.sh
 # The build is incremental (ninja), so a second call on the same machine skips it in seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -91,7 +95,8 @@ fi
 
 if has bench; then
   echo "== benchmark suite on the GPU"
-  timeout 330 "$py" -m vaecuda.bench --device cuda --suite "${SUITE:-quick}" --out "$out" 2>&1 \
+  if [ -n "${BENCH_ARGS:-}" ]; then read -r -a bench_args <<< "$BENCH_ARGS"; else bench_args=(--suite "${SUITE:-quick}"); fi
+  timeout 330 "$py" -m vaecuda.bench --device cuda "${bench_args[@]}" --out "$out" 2>&1 \
     | tee "$out/gpu_bench.txt" | tail -n 8
   stamp bench $?
 fi

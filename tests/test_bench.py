@@ -27,6 +27,9 @@ def test_min_bytes():
     assert workloads.min_bytes("head", "fwd", d, 4) == (workloads.min_bytes("sample+kl", "fwd", d, 4)
                                                        + workloads.min_bytes("bernoulli", "fwd", d, 4))
     assert workloads.min_bytes("train/mlp", "step", d, 4) is None
+    # uint8 targets: one byte a pixel, read in each pass, instead of the logits' four
+    assert workloads.min_bytes("bernoulli-u8", "fwd+bwd", d, 4) == 2 * pix + row + row + 3 * pix - 2 * (pix - pix // 4)
+    assert workloads.min_bytes("bernoulli-u8", "fwd", k, 2) == 7 * (pix // 2) + pix // 4 + 7 * row
 
 
 def _case(bad_output=False, bad_grad=False):
@@ -56,7 +59,7 @@ def tiny_shapes(monkeypatch):
 TINY = {"tiny": dict(B=5, D=3, P=7), "tiny-k": dict(B=5, D=3, P=7, K=4)}
 
 
-@pytest.mark.parametrize("op,shape", [(op, s) for s in TINY for op in workloads.OPS
+@pytest.mark.parametrize("op,shape", [(op, s) for s in TINY for op in workloads.OPS + workloads.EXTRA_OPS
                                       if workloads.applicable(op, TINY[s])])
 def test_every_provider_agrees(tiny_shapes, op, shape):
     """The workloads are right: eager, torch.compile and vaecuda give the same values and gradients."""

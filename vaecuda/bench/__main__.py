@@ -30,7 +30,7 @@ SUITES = {
     # quick: what a training step feels (fwd+bwd); compiling the baselines is most of its 2 minutes
     "quick": dict(shapes=["small", "medium"], ops=list(workloads.OPS), modes=["fwd+bwd"],
                   train=["mlp"], dtypes=["float32"], rounds=7, target_ms=25.0),
-    "full": dict(shapes=list(workloads.SHAPES) + list(workloads.SWEEP), ops=list(workloads.OPS),
+    "full": dict(shapes=list(workloads.SHAPES) + list(workloads.SWEEP), ops=list(workloads.OPS + workloads.EXTRA_OPS),
                  modes=list(workloads.MODES), train=list(workloads.MODELS), dtypes=["float32", "bfloat16"],
                  rounds=7, target_ms=40.0),
 }
@@ -67,7 +67,7 @@ def parse(argv=None):
     p.add_argument("--device", default=None, help="cpu or cuda[:n] (default: cuda if available)")
     p.add_argument("--shapes", nargs="+", choices=list(workloads.ALL_SHAPES), metavar="SHAPE",
                    help=f"named shapes: {', '.join(workloads.ALL_SHAPES)}")
-    p.add_argument("--ops", nargs="*", choices=list(workloads.OPS),
+    p.add_argument("--ops", nargs="*", choices=list(workloads.OPS + workloads.EXTRA_OPS),
                    help="ops and the loss head (give none, '--ops', for training steps only)")
     p.add_argument("--modes", nargs="+", choices=list(workloads.MODES))
     p.add_argument("--train", nargs="*", choices=list(workloads.MODELS), help="training steps of these VAEs")

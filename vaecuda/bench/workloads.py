@@ -35,6 +35,9 @@ SWEEP = {f"sweep-{b}": dict(B=b, D=256, P=1024) for b in (256, 1024, 4096, 16384
 ALL_SHAPES = {**SHAPES, **SWEEP}
 
 OPS = ("sample", "sample+kl", "kl", "bernoulli", "head")
+# more work, by name only (--ops) and in the full suite: the Bernoulli term on uint8 pixels, which an
+# eager loop casts to the logits' dtype first
+EXTRA_OPS = ("bernoulli-u8",)
 # training steps at B=128: the 784-400-20 VAE (PyTorch example), the IWAE paper's 784-200-200-50 tanh
 # VAE, and a conv VAE on 28x28
 MODELS = ("mlp", "iwae-mlp", "conv")
@@ -77,6 +80,10 @@ def eager_bernoulli(logits, x):
     return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
 
 
+def eager_bernoulli_u8(logits, x):
+    return eager_bernoulli(logits, x.to(logits.dtype))
+
+
 def eager_sample_kl(mu, lv, eps=None, n_samples=None):
     return eager_sample(mu, lv, eps, n_samples), eager_kl(mu, lv)
 
@@ -107,8 +114,10 @@ def min_bytes(work: str, mode: str, dims: dict, esize: int) -> int | None:
     B, D, P, K = dims["B"], dims.get("D", 0), dims.get("P", 0), dims.get("K", 1)
     loss_size = 8 if esize == 8 else 4
     lat, pix, row = B * D * esize, B * P * esize, B * loss_size
-    if work == "bernoulli":
+    if work in ("bernoulli", "bernoulli-u8"):
         row *= K  # one log-likelihood per sample and row
+    if work == "bernoulli-u8":  # targets of one byte: the logits' traffic, less the target's bytes saved
+        return min_bytes("bernoulli", mode, dims, esize) - (1 + (mode == "fwd+bwd")) * B * P * (esize - 1)
     bwd = mode == "fwd+bwd"
     if work == "sample":      # fwd: mu, lv -> z (K samples); bwd: gz, lv -> glv, and gmu = sum_k gz
         # (with one sample gmu is gz itself, passed through as torch's add does: nothing to write)
@@ -125,7 +134,7 @@ def min_bytes(work: str, mode: str, dims: dict, esize: int) -> int | None:
 
 
 def applicable(work: str, dims: dict) -> bool:
-    if work in ("bernoulli", "head"):
+    if work in ("bernoulli", "bernoulli-u8", "head"):
         return "P" in dims and (work != "head" or "K" not in dims)
     return "D" in dims
 
@@ -142,12 +151,13 @@ def op_case(work: str, shape: str, mode: str, device, dtype, cuda_extras: bool) 
     mu = lv = logits = x = None
     if work in ("sample", "sample+kl", "kl", "head"):
         mu, lv = _leaf(g, (B, D), device, dtype), _leaf(g, (B, D), device, dtype, 0.5)
-    if work in ("bernoulli", "head"):
+    if work in ("bernoulli", "bernoulli-u8", "head"):
         logits = _leaf(g, ((K,) if K else ()) + (B, P), device, dtype, 2.0)
-        x = (torch.rand(B, P, generator=g) < 0.3).to(device, dtype)
+        x = (torch.rand(B, P, generator=g) < 0.3).to(device, torch.uint8 if work == "bernoulli-u8" else dtype)
     zshape = ((K,) if K else ()) + (B, D) if D else None
     g_z = torch.randn(*zshape, generator=g).to(device, dtype) if zshape else None
-    g_rows = torch.randn(*(((K,) if K and work == "bernoulli" else ()) + (B,)), generator=g).to(device, loss_dtype)
+    per_sample = K and work in ("bernoulli", "bernoulli-u8")
+    g_rows = torch.randn(*(((K,) if per_sample else ()) + (B,)), generator=g).to(device, loss_dtype)
     fixed_noise = []  # made once, on the first fixed call
 
     def eps(fixed):
@@ -174,10 +184,11 @@ def op_case(work: str, shape: str, mode: str, device, dtype, cuda_extras: bool) 
         fused = lambda fixed: (vaecuda.gaussian_kl(mu, lv),)  # noqa: E731
         target, inputs, grads = eager_kl, (mu, lv), (g_rows,)
         call = lambda f, fixed: (f(mu, lv),)  # noqa: E731
-    elif work == "bernoulli":
-        eager = lambda fixed: (eager_bernoulli(logits, x),)  # noqa: E731
+    elif work in ("bernoulli", "bernoulli-u8"):
+        target = eager_bernoulli if work == "bernoulli" else eager_bernoulli_u8
+        eager = lambda fixed: (target(logits, x),)  # noqa: E731
         fused = lambda fixed: (vaecuda.bernoulli_log_prob(logits, x),)  # noqa: E731
-        target, inputs, grads = eager_bernoulli, (logits,), (g_rows,)
+        inputs, grads = (logits,), (g_rows,)
         call = lambda f, fixed: (f(logits, x),)  # noqa: E731
     elif work == "head":
         eager = lambda fixed: eager_head(mu, lv, logits, x, eps(fixed))  # noqa: E731
@@ -206,7 +217,7 @@ def op_case(work: str, shape: str, mode: str, device, dtype, cuda_extras: bool) 
         # the floor, timed in the same interleaved rounds as the providers (a noisy machine drifts
         # between cases): the trivial op on the latents, and for the pixel-wise work on the logits' size
         case.steps[TRIVIAL_LATENTS] = trivial_step((B, D), device, dtype)
-        if work in ("bernoulli", "head"):
+        if work in ("bernoulli", "bernoulli-u8", "head"):
             case.steps[TRIVIAL_PIXELS] = trivial_step((B, P), device, dtype)
     return case
 
