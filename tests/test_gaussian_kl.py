@@ -161,6 +161,9 @@ def test_free_bits_on_empty_inputs(device):
     out.backward()
     assert mu.grad.shape == (0, 6)
     assert torch.isnan(vaecuda.gaussian_kl(mu, torch.zeros(0, 6, device=device), reduction="mean", free_bits=0.5))
+    none = torch.zeros(0, 0, device=device)  # no rows and no dims: still the mean of nothing
+    assert torch.isnan(vaecuda.gaussian_kl(none, none, reduction="mean", free_bits=0.5))
+    assert torch.isnan(vaecuda.gaussian_kl(none, none, reduction="mean"))
 
 
 def test_extreme_values_are_finite(device):

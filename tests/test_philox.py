@@ -130,5 +130,7 @@ def test_rng_state_helper():
     assert torch.equal(vaecuda.reparameterize(mu, lv, seed=state), vaecuda.reparameterize(mu, lv, seed=3, offset=4))
     with pytest.raises(TypeError, match="a seed tensor must be int64 of shape"):
         vaecuda.rng_state(torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"a seed tensor must be int64 of shape \(2,\).*got torch.int64 of shape \(3,\)"):
+        vaecuda.rng_state(torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="the seed tensor is on cpu but the inputs are on meta"):
         vaecuda.rng_state(state, device="meta")

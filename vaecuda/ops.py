@@ -139,8 +139,9 @@ def rng_state(seed: int | torch.Tensor | None = None, offset: int = 0, device=No
     or updated in place between steps."""
     if isinstance(seed, torch.Tensor):
         if seed.dtype != torch.int64 or seed.numel() != 2 or seed.dim() != 1:
-            raise TypeError(f"vaecuda.rng_state: a seed tensor must be int64 of shape (2,) (seed, offset), got "
-                            f"{seed.dtype} of shape {tuple(seed.shape)}")
+            exc = TypeError if seed.dtype != torch.int64 else ValueError  # a dtype, or a shape
+            raise exc(f"vaecuda.rng_state: a seed tensor must be int64 of shape (2,) (seed, offset), got "
+                      f"{seed.dtype} of shape {tuple(seed.shape)}")
         if device is not None and seed.device != (device if type(device) is torch.device else torch.device(device)):
             raise ValueError(f"vaecuda.rng_state: the seed tensor is on {seed.device} but the inputs are on {device}")
         return seed
@@ -229,8 +230,9 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor |
         return _reduce(kl, reduction)
     rows = math.prod(kl.shape[:-1])
     per_row = kl.reshape(rows, kl.shape[-1])
-    if reduction == "mean":  # no rows: NaN, the mean of nothing (as without free_bits)
-        return per_row.mean(0).clamp_min(float(free_bits)).sum()
+    if reduction == "mean":  # no rows: NaN, the mean of nothing (as without free_bits), even with no dims
+        clamped = per_row.mean(0).clamp_min(float(free_bits)).sum()
+        return clamped if rows else clamped * float("nan")
     # "sum": rows times that; no rows: 0, a sum over nothing (as without free_bits)
     per_dim = per_row.mean(0) if rows else per_row.sum(0)
     return per_dim.clamp_min(float(free_bits)).sum() * rows

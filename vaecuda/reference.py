@@ -145,8 +145,12 @@ def reparameterize(mu, logvar, rng_state, n_samples=None):
 
 
 def reparameterize_with_kl(mu, logvar, rng_state, n_samples=None):
-    """(reparameterize(...), per-row KL(N(mu, e^logvar) || N(0, I)))."""
-    return reparameterize(mu, logvar, rng_state, n_samples), gaussian_kl(mu, logvar)
+    """(reparameterize(...), per-row KL(N(mu, e^logvar) || N(0, I))). Both from one cast of mu and
+    logvar to the accumulation type, so their gradients add there and are rounded to a half dtype
+    once, as the kernels do (two casts would round each term's gradient, then their sum)."""
+    acc = _acc_dtype(mu.dtype)
+    m, lv = mu.to(acc), logvar.to(acc)
+    return reparameterize(m, lv, rng_state, n_samples).to(mu.dtype), gaussian_kl(m, lv)
 
 
 def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None, elementwise=False):
