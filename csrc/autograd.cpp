@@ -72,25 +72,29 @@ using KLBwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const
 // Bernoulli term below), the forward also writes d/dlogvar = (e^logvar - 1) / 2 per element when
 // logvar requires grad, from the exponential it computes anyway; the backward is then d mu = g mu
 // and d logvar = g times that buffer (in place when the graph is not retained), with no second
-// exponential: the exponential is what the CPU kernels' time goes to. On a GPU the op is bound by
-// bytes and launches instead, so the backward op (one kernel, no saved buffer) stays.
+// exponential: the exponential is what the CPU kernels' time goes to. When only mu requires grad,
+// the backward is g mu alone. On a GPU the op is bound by bytes and launches instead, so the
+// backward op (one kernel, no saved buffer) stays.
 using KLGradSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, bool);
 
 struct GaussianKL : torch::autograd::Function<GaussianKL> {
-  // saved_grad: take the path above (decided by the caller, where grad mode is still the user's:
-  // apply runs forward with grad mode off)
+  // direct: take the path above (decided by the caller, where grad mode is still the user's: apply
+  // runs forward with grad mode off); the saved d/dlogvar is made only if logvar requires grad
   static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar, const OptTensor& prior_mu,
-                        const OptTensor& prior_logvar, bool elementwise, bool saved_grad) {
+                        const OptTensor& prior_logvar, bool elementwise, bool direct) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->saved_data["elementwise"] = elementwise;
-    if (saved_grad) {
+    if (direct && logvar.requires_grad()) {
       static auto fg = op<KLGradSig>("vaecuda::_gaussian_kl_and_grad");
       auto [out, dlv] = fg.call(mu, logvar, elementwise);
       ctx->save_for_backward({mu, logvar, Tensor(), Tensor(), dlv});
       return out;
     }
     static auto kl = op<KLSig>("vaecuda::gaussian_kl");
-    ctx->save_for_backward({mu, logvar, prior_mu.value_or(Tensor()), prior_logvar.value_or(Tensor())});
+    if (direct)  // only mu requires grad: the backward is g mu
+      ctx->save_for_backward({mu, logvar, Tensor(), Tensor(), Tensor()});
+    else
+      ctx->save_for_backward({mu, logvar, prior_mu.value_or(Tensor()), prior_logvar.value_or(Tensor())});
     return kl.call(mu, logvar, prior_mu, prior_logvar, elementwise);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -104,7 +108,7 @@ struct GaussianKL : torch::autograd::Function<GaussianKL> {
       const Tensor g = elementwise ? grads[0] : grads[0].unsqueeze(-1);  // per row: [*batch, 1]
       Tensor dmu, dlv;
       if (mask[0]) dmu = at::mul(g, s[0]);
-      if (mask[1])  // the saved buffer is this node's own; scale it in place unless it must survive
+      if (mask[1] && s[4].defined())  // the saved buffer is this node's own: in place unless it must survive
         dlv = scale_saved_in_place(g) ? s[4].mul_(g) : at::mul(g, s[4]);
       return {dmu, dlv, Tensor(), Tensor(), Tensor(), Tensor()};
     }
@@ -116,10 +120,10 @@ struct GaussianKL : torch::autograd::Function<GaussianKL> {
 Tensor gaussian_kl_autograd(const Tensor& mu, const Tensor& logvar, const OptTensor& prior_mu,
                             const OptTensor& prior_logvar, bool elementwise) {
   const at::ScalarType t = mu.scalar_type();
-  const bool saved_grad = at::GradMode::is_enabled() && logvar.requires_grad() && mu.is_cpu() && !prior_mu &&
-                          !prior_logvar && mu.sym_sizes() == logvar.sym_sizes() &&
-                          (t == at::kFloat || t == at::kDouble);
-  return GaussianKL::apply(mu, logvar, prior_mu, prior_logvar, elementwise, saved_grad);
+  const bool direct = at::GradMode::is_enabled() && (mu.requires_grad() || logvar.requires_grad()) && mu.is_cpu() &&
+                      !prior_mu && !prior_logvar && mu.sym_sizes() == logvar.sym_sizes() &&
+                      (t == at::kFloat || t == at::kDouble);
+  return GaussianKL::apply(mu, logvar, prior_mu, prior_logvar, elementwise, direct);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_kl_backward_autograd(

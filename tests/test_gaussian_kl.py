@@ -138,8 +138,11 @@ def test_saved_gradient_path_gives_the_backward_ops_bits(device, dtype, elementw
     (dl,) = torch.autograd.grad(vaecuda.gaussian_kl(mu, l) if not elementwise else
                                 torch.ops.vaecuda.gaussian_kl(mu, l, None, None, True), [l], g1)
     assert torch.equal(dl, want1[1])
-    (dm,) = torch.autograd.grad(torch.ops.vaecuda.gaussian_kl(m, lv, None, None, elementwise), [m], g1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        (dm,) = torch.autograd.grad(torch.ops.vaecuda.gaussian_kl(m, lv, None, None, elementwise), [m], g1)
     assert torch.equal(dm, want1[0]) and torch.equal(dm, (g1 if elementwise else g1[..., None]) * mu)
+    names = {e.name for e in prof.events()}  # only mu: g mu on the CPU, no kernel, no buffer
+    assert ("vaecuda::gaussian_kl_backward" in names) != on_cpu and "vaecuda::_gaussian_kl_and_grad" not in names
     # with a graph: the backward op's values, and a clear error on the second derivative
     graph = torch.autograd.grad(torch.ops.vaecuda.gaussian_kl(m, l, None, None, elementwise), [m, l], g1,
                                 create_graph=True)
