@@ -2,6 +2,7 @@
 project's tests use only generated files and scikit-learn's bundled digits)."""
 
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -68,6 +69,10 @@ def test_amat_folder(tmp_path):
         np.savetxt(tmp_path / f"binarized_mnist_{s}.amat", (rng.random((n, 16)) < 0.5).astype(int), fmt="%d")
     s = data.load(str(tmp_path))
     assert s.train.shape == (6, 16) and s.image_shape == (1, 4, 4)
+    # a split of another image size is refused at load time, not after an epoch
+    np.savetxt(tmp_path / "binarized_mnist_valid.amat", (rng.random((3, 9)) < 0.5).astype(int), fmt="%d")
+    with pytest.raises(data.DataError, match=r"the .amat splits differ in pixels per image \(16, 9, 16\)"):
+        data.load(str(tmp_path))
 
 
 def _write_idx(path, arr, gz=True):
@@ -92,6 +97,23 @@ def test_idx_folder(tmp_path):
     with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
         f.write(raw[:-100])
     with pytest.raises(data.DataError, match="header says"):
+        data.load(str(tmp_path))
+
+
+def test_idx_folder_checks_sizes(tmp_path):
+    """Train and test images of one size, as many labels as images, enough images to hold out a sixth."""
+    rng = np.random.default_rng(3)
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (30, 8, 8)))
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (5, 12, 12)))
+    with pytest.raises(data.DataError, match="train images are 8x8 but test images 12x12"):
+        data.load(str(tmp_path))
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (5, 8, 8)))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(7) % 10)
+    with pytest.raises(data.DataError, match=r"30 train images but \(7,\) train labels"):
+        data.load(str(tmp_path))
+    os.remove(tmp_path / "train-labels-idx1-ubyte.gz")
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (5, 8, 8)))
+    with pytest.raises(data.DataError, match="5 training images; at least 6"):
         data.load(str(tmp_path))
 
 

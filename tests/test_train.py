@@ -56,6 +56,28 @@ def _same_run(whole, parts):
     assert strip(ma) == strip(mb) and len(ma) == 3
 
 
+def test_resume_with_fewer_epochs_changes_nothing(tmp_path):
+    """Asked for fewer epochs than the run has: nothing to train, and its config keeps its epochs."""
+    run, quiet = str(tmp_path / "run"), dict(progress=False, log=lambda *_: None)
+    T.train(_cfg(epochs=2), run, **quiet)
+    before = open(os.path.join(run, "config.json")).read()
+    assert len(T.train(_cfg(epochs=1), run, resume=True, **quiet)) == 2
+    assert open(os.path.join(run, "config.json")).read() == before
+
+
+def test_evaluate_limit_is_a_fixed_random_subset(tmp_path):
+    run, quiet = str(tmp_path / "run"), dict(progress=False, log=lambda *_: None)
+    T.train(_cfg(epochs=1), run, **quiet)
+    a = T.evaluate(run, k=5, limit=7, kde=False, **quiet)
+    b = T.evaluate(run, k=5, limit=7, kde=False, **quiet)
+    assert a["test_images"] == 7 and a == b  # the same subset (and keys) every time
+    cfg, model, splits = T.load_run(run)
+    pick = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(0))[:7].sort().values
+    assert pick.tolist() != list(range(7))  # not the first seven
+    view = T._data.Splits(splits.train, splits.valid, splits.test[pick], splits.image_shape, splits.name, "fixed")
+    assert a["test_elbo"] == T.mean_elbo(model, view, "test", T.device_of(cfg))
+
+
 def test_resume_after_a_stop_between_metrics_and_checkpoint(tmp_path, monkeypatch):
     """Killed after epoch 2's metrics line but before its checkpoint: the resumed run redoes epoch 2
     and the metrics file has each epoch once; plain --resume keeps the run's own epoch count."""
@@ -119,6 +141,7 @@ def test_fused_and_reference_ops_learn_alike(tmp_path):
 def test_iwae_objective_and_conv(tmp_path):
     hist = T.train(_cfg(objective="iwae", k=5, epochs=2), str(tmp_path / "iwae"), progress=False, log=lambda *_: None)
     assert hist[1]["train_loss"] < hist[0]["train_loss"]
+    assert all(row["beta"] is None for row in hist)  # the IWAE bound has no beta to log
     hist = T.train(_cfg(arch="conv", channels=4, epochs=1), str(tmp_path / "conv"), progress=False, log=lambda *_: None)
     assert math.isfinite(hist[0]["valid_elbo"])
 
@@ -166,6 +189,20 @@ def test_cli_errors_overwrite_nothing(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "z"), "--data", DATA, "--lr", "-1", "--quiet"]) == 2
     assert "lr must be > 0" in capsys.readouterr().err
+    # options out of range, or that the objective does not take, fail before anything is written
+    for args, msg in ((["--seed", "-1"], "seed must be an integer in [0, 2^32)"),
+                      (["--seed", str(2**50)], "seed must be an integer in [0, 2^32)"),
+                      (["--device", "foo"], "device must be auto, cpu or cuda[:n], got 'foo'"),
+                      (["--device", "cuda:7"], "no such CUDA device here"),
+                      (["--objective", "iwae", "--beta", "0.5"], "the IWAE bound takes none of them"),
+                      (["--objective", "iwae", "--warmup-epochs", "2"], "the IWAE bound takes none of them"),
+                      (["--stop-after", "0"], "stop_after must be >= 1")):
+        assert main(["train", "--out", str(tmp_path / "w"), "--data", DATA, "--quiet", *args]) == 2, args
+        assert msg in capsys.readouterr().err, args
+        assert not os.path.exists(tmp_path / "w" / "config.json"), args
+    for args, msg in ((["--limit", "0"], "limit must be >= 1"), (["--device", "foo"], "device must be")):
+        assert main(["evaluate", run, "--quiet", *args]) == 2, args
+        assert msg in capsys.readouterr().err, args
 
 
 def test_kde_matches_brute_force():

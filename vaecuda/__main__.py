@@ -52,7 +52,7 @@ def _train_parser(sub):
     p.add_argument("--lr-decay", type=float, default=d.lr_decay, help="per-epoch factor (exponential)")
     p.add_argument("--ops", default=d.ops, choices=["fused", "reference", "eager"], help="who computes the loss")
     p.add_argument("--device", default=d.device)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="in [0, 2^32)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -62,7 +62,7 @@ def _evaluate_parser(sub):
                        description="Evaluate a run folder; writes evaluation.json there.")
     p.add_argument("run", help="the run folder")
     p.add_argument("--k", type=int, default=5000, help="importance samples per test image")
-    p.add_argument("--limit", type=int, help="only the first N test images")
+    p.add_argument("--limit", type=int, help="only N test images (a fixed random subset, the same for every run)")
     p.add_argument("--no-kde", action="store_true", help="skip the pixel-space kernel density baseline")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")

@@ -160,6 +160,9 @@ def _folder(folder: str) -> Splits:
             except ValueError as e:
                 raise DataError(f"{p}: not a text matrix of pixel values ({e})") from None
         tr, va, te = parts
+        if not tr.shape[1] == va.shape[1] == te.shape[1]:
+            raise DataError(f"{folder}: the .amat splits differ in pixels per image "
+                            f"({tr.shape[1]}, {va.shape[1]}, {te.shape[1]})")
         return Splits(tr, va, te, _square_shape(amat["train"], tr.shape[1]), "binarized_mnist (amat)")
     found = {k: _find(folder, names) for k, names in _IDX.items()}
     if found["train"][0] is None or found["test"][0] is None:
@@ -169,6 +172,15 @@ def _folder(folder: str) -> Splits:
     xte, yte = (_read_idx(p) if p else None for p in found["test"])
     if xtr.ndim != 3 or xte.ndim != 3:
         raise DataError(f"{folder}: the image files must hold [N, H, W] arrays")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(f"{folder}: train images are {xtr.shape[1]}x{xtr.shape[2]} but test images "
+                        f"{xte.shape[1]}x{xte.shape[2]}")
+    for kind, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        if y is not None and (y.ndim != 1 or len(y) != len(x)):
+            raise DataError(f"{folder}: {len(x)} {kind} images but {y.shape} {kind} labels")
+    if len(xtr) < 6:
+        raise DataError(f"{folder}: {len(xtr)} training images; at least 6 are needed (a sixth is held out "
+                        "for validation)")
     n_valid = 10000 if len(xtr) > 20000 else len(xtr) // 6
     t = (lambda a: None if a is None else torch.from_numpy(a.astype(np.int64)))  # noqa: E731
     return Splits(_as_images("train images", xtr[:-n_valid]), _as_images("valid images", xtr[-n_valid:]),

@@ -69,13 +69,26 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.beta < 0 or self.free_bits < 0 or self.warmup_epochs < 0:
             raise ValueError("lr must be > 0; beta, free_bits and warmup_epochs >= 0")
+        if self.objective == "iwae" and (self.beta != 1.0 or self.warmup_epochs > 0 or self.free_bits > 0):
+            raise ValueError("beta, warmup_epochs and free_bits shape the ELBO objective; the IWAE bound "
+                             "takes none of them (drop them, or use objective elbo)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2^32), got {self.seed!r}")
+        device_of(self)  # an unknown or absent device fails here, before anything is written
         return self
 
 
 def device_of(cfg: Config) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu or cuda[:n], got {cfg.device!r}") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"device {cfg.device!r}: no such CUDA device here "
+                         f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible)")
+    return device
 
 
 def build_model(cfg: Config, image_shape) -> models._VAEBase:
@@ -125,6 +138,8 @@ def train(cfg: Config, out_dir: str, *, resume: bool = False, stop_after: int | 
 
     ``stop_after=N`` stops after epoch N (a time-limited job); resuming then continues exactly. A
     resumed run may be given more epochs, except under the cosine schedule, which --epochs fixes."""
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop_after must be >= 1 (an epoch), got {stop_after}")
     cfg_path, ckpt_path = os.path.join(out_dir, "config.json"), os.path.join(out_dir, "checkpoint.pt")
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
     fresh_restart = resume and not os.path.exists(ckpt_path) and os.path.exists(cfg_path)
@@ -166,11 +181,11 @@ def train(cfg: Config, out_dir: str, *, resume: bool = False, stop_after: int | 
         # the lines of epochs after the checkpoint (a stop between the metrics line and the save) go
         history = [json.loads(line) for line in open(metrics_path)][:start_epoch]
         _write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-        if cfg.epochs != saved.epochs:
-            _write_atomic(cfg_path, json.dumps(dataclasses.asdict(cfg), indent=1))
-        if start_epoch >= cfg.epochs:
+        if start_epoch >= cfg.epochs:  # the run's config stays as it is: nothing was trained
             log(f"{out_dir}: already trained for {start_epoch} epochs (asked {cfg.epochs}); nothing to do")
             return history
+        if cfg.epochs != saved.epochs:
+            _write_atomic(cfg_path, json.dumps(dataclasses.asdict(cfg), indent=1))
     else:
         os.makedirs(out_dir, exist_ok=True)
         with open(cfg_path, "w") as f:
@@ -210,7 +225,8 @@ def train(cfg: Config, out_dir: str, *, resume: bool = False, stop_after: int | 
         sched.step()
         model.eval()
         row = {"epoch": epoch, "step": step, "train_loss": total / seen,
-               "valid_elbo": mean_elbo(model, splits, "valid", device), "lr": lr, "beta": beta,
+               "valid_elbo": mean_elbo(model, splits, "valid", device), "lr": lr,
+               "beta": beta if cfg.objective == "elbo" else None,  # the IWAE bound has none
                "seconds": round(time.perf_counter() - t0, 3)}
         history.append(row)
         with open(metrics_path, "a") as f:
@@ -247,9 +263,16 @@ def evaluate(run_dir: str, *, k: int = 5000, limit: int | None = None, kde: bool
     """Test ELBO, the importance-sampled test log-likelihood with k samples, active units, and the
     pixel-space kernel density estimate's test log-likelihood (bandwidth fit on validation data).
     Written to run_dir/evaluation.json."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
     cfg, model, splits = load_run(run_dir, device)
     dev = device_of(cfg)
-    test = splits.test if limit is None else splits.test[:limit]
+    if limit is not None and limit < len(splits.test):
+        # a fixed random subset, the same for every run: test files are often sorted by class
+        pick = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(0))[:limit]
+        test = splits.test[pick.sort().values]
+    else:
+        test = splits.test
     binary = (lambda t, i: t if splits.binarize != "dynamic" else  # noqa: E731
               torch.bernoulli(t, generator=torch.Generator().manual_seed(cfg.seed * 3 + i)))
     test = binary(test, 2)  # dynamic binarization: one fixed draw per split, each split its own
