@@ -5,6 +5,7 @@ Noise per rank: each rank keys its noise with its own (seed, offset) — here (1
 process reproduces it exactly by computing each half of the batch with that rank's key."""
 
 import datetime
+import gc
 import os
 import socket
 
@@ -38,6 +39,13 @@ def _worker(rank, port, out_dir):
         x = _data()[rank * B:(rank + 1) * B]
         model(x, seed=vaecuda.rng_state(1234, rank)).backward()  # DDP averages gradients over ranks
         torch.save([p.grad for p in model.parameters()], os.path.join(out_dir, f"grads{rank}.pt"))
+        # Let the DDP reducer go while the process group is still registered, after every rank is done:
+        # had it held the group's last reference when the worker returns, the group's destructor would
+        # run inside a Python dealloc holding the GIL and could deadlock with a gloo thread that needs
+        # the GIL to release a finished all-reduce (torch's teardown race; seen once in CI here).
+        dist.barrier()
+        del model
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
