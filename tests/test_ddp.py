@@ -8,7 +8,9 @@ import datetime
 import gc
 import os
 import socket
+import time
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -57,7 +59,13 @@ def _free_port():
 
 
 def test_ddp_gradients_equal_single_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    workers = mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 180  # a hung worker fails the test instead of hanging the suite
+    while not workers.join(timeout=5):  # (join raises if a worker failed)
+        if time.monotonic() > deadline:
+            for p in workers.processes:
+                p.kill()
+            pytest.fail("the DDP workers did not finish within 180 s")
     grads = [torch.load(tmp_path / f"grads{r}.pt") for r in range(WORLD)]
     for a, b in zip(*grads):  # every rank holds the same averaged gradients
         torch.testing.assert_close(a, b)
