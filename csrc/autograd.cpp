@@ -27,7 +27,7 @@ Tensor maybe(bool wanted, const Tensor& t) { return wanted ? t : Tensor(); }
 
 // Whether a backward may scale its own saved buffer in place by the upstream gradient g: not when
 // the graph is retained (the buffer must survive for the next backward), nor when g is batched by
-// by vmap (is_grads_batched, vectorized jacobians: the batched product does not fit the buffer).
+// vmap (is_grads_batched, vectorized jacobians: the batched product does not fit the buffer).
 bool scale_saved_in_place(const Tensor& g) {
   return !torch::autograd::get_current_graph_task_keep_graph() &&
          !g.key_set().has_any(c10::DispatchKeySet({c10::DispatchKey::Batched, c10::DispatchKey::FuncTorchBatched,
