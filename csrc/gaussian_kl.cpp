@@ -52,34 +52,37 @@ KLProblem kl_problem(const at::Tensor& mu, const at::Tensor& logvar, const std::
   return p;
 }
 
-// The forward; with `d_logvar` defined (the broadcast shape, mu's dtype; prior N(0, I) only) also
-// d out / d logvar per element, from the same exponentials.
-at::Tensor kl_forward(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& prior_mu,
-                      const std::optional<at::Tensor>& prior_logvar, bool elementwise, const at::Tensor& d_logvar) {
+// The forward; with `with_d_logvar` (prior N(0, I) only) also d out / d logvar per element, from the
+// same exponentials, in the broadcast shape and mu's dtype (else undefined).
+std::tuple<at::Tensor, at::Tensor> kl_forward(const at::Tensor& mu, const at::Tensor& logvar,
+                                              const std::optional<at::Tensor>& prior_mu,
+                                              const std::optional<at::Tensor>& prior_logvar, bool elementwise,
+                                              bool with_d_logvar) {
   c10::DeviceGuard guard(mu.device());
   KLProblem p = kl_problem(mu, logvar, prior_mu, prior_logvar, elementwise);
   at::IntArrayRef out_shape = p.full;
   if (!elementwise) out_shape = out_shape.slice(0, p.full.size() - 1);
   at::Tensor out = at::empty(out_shape, mu.options().dtype(acc_dtype(mu.scalar_type())));
   p.args.out = out.data_ptr();
-  if (d_logvar.defined()) p.args.d_logvar = d_logvar.data_ptr();
+  at::Tensor d_logvar;
+  if (with_d_logvar) {
+    d_logvar = at::empty(p.full, mu.options());
+    p.args.d_logvar = d_logvar.data_ptr();
+  }
   launch(p.args, mu.device());
-  return out;
+  return {out, d_logvar};
 }
 
 at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& prior_mu,
                        const std::optional<at::Tensor>& prior_logvar, bool elementwise) {
-  return kl_forward(mu, logvar, prior_mu, prior_logvar, elementwise, at::Tensor());
+  return std::get<0>(kl_forward(mu, logvar, prior_mu, prior_logvar, elementwise, false));
 }
 
 // KL(q || N(0, I)) and its unscaled d/dlogvar in one pass, for a backward that is then two
 // multiplies (autograd.cpp; CPU only: there the exponential is the cost, on a GPU the bytes are).
 std::tuple<at::Tensor, at::Tensor> gaussian_kl_and_grad(const at::Tensor& mu, const at::Tensor& logvar,
                                                         bool elementwise) {
-  check_float_operand(mu, "mu", mu, "mu");
-  check_float_operand(logvar, "logvar", mu, "mu");
-  at::Tensor dlv = at::empty(broadcast_with(mu.sizes(), logvar, "logvar", "mu"), mu.options());
-  return {kl_forward(mu, logvar, std::nullopt, std::nullopt, elementwise, dlv), dlv};
+  return kl_forward(mu, logvar, std::nullopt, std::nullopt, elementwise, true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
