@@ -38,6 +38,7 @@ OPS = ("sample", "sample+kl", "kl", "bernoulli", "head")
 # more work, by name only (--ops) and in the full suite: the Bernoulli term on uint8 pixels, which an
 # eager loop casts to the logits' dtype first
 EXTRA_OPS = ("bernoulli-u8",)
+BERNOULLI = ("bernoulli", "bernoulli-u8")  # the Bernoulli term's work, float or uint8 pixels
 # training steps at B=128: the 784-400-20 VAE (PyTorch example), the IWAE paper's 784-200-200-50 tanh
 # VAE, and a conv VAE on 28x28
 MODELS = ("mlp", "iwae-mlp", "conv")
@@ -114,10 +115,10 @@ def min_bytes(work: str, mode: str, dims: dict, esize: int) -> int | None:
     B, D, P, K = dims["B"], dims.get("D", 0), dims.get("P", 0), dims.get("K", 1)
     loss_size = 8 if esize == 8 else 4
     lat, pix, row = B * D * esize, B * P * esize, B * loss_size
-    if work in ("bernoulli", "bernoulli-u8"):
-        row *= K  # one log-likelihood per sample and row
     if work == "bernoulli-u8":  # targets of one byte: the logits' traffic, less the target's bytes saved
         return min_bytes("bernoulli", mode, dims, esize) - (1 + (mode == "fwd+bwd")) * B * P * (esize - 1)
+    if work == "bernoulli":
+        row *= K  # one log-likelihood per sample and row
     bwd = mode == "fwd+bwd"
     if work == "sample":      # fwd: mu, lv -> z (K samples); bwd: gz, lv -> glv, and gmu = sum_k gz
         # (with one sample gmu is gz itself, passed through as torch's add does: nothing to write)
@@ -134,7 +135,7 @@ def min_bytes(work: str, mode: str, dims: dict, esize: int) -> int | None:
 
 
 def applicable(work: str, dims: dict) -> bool:
-    if work in ("bernoulli", "bernoulli-u8", "head"):
+    if work in BERNOULLI + ("head",):
         return "P" in dims and (work != "head" or "K" not in dims)
     return "D" in dims
 
@@ -151,12 +152,12 @@ def op_case(work: str, shape: str, mode: str, device, dtype, cuda_extras: bool) 
     mu = lv = logits = x = None
     if work in ("sample", "sample+kl", "kl", "head"):
         mu, lv = _leaf(g, (B, D), device, dtype), _leaf(g, (B, D), device, dtype, 0.5)
-    if work in ("bernoulli", "bernoulli-u8", "head"):
+    if work in BERNOULLI + ("head",):
         logits = _leaf(g, ((K,) if K else ()) + (B, P), device, dtype, 2.0)
         x = (torch.rand(B, P, generator=g) < 0.3).to(device, torch.uint8 if work == "bernoulli-u8" else dtype)
     zshape = ((K,) if K else ()) + (B, D) if D else None
     g_z = torch.randn(*zshape, generator=g).to(device, dtype) if zshape else None
-    per_sample = K and work in ("bernoulli", "bernoulli-u8")
+    per_sample = K and work in BERNOULLI
     g_rows = torch.randn(*(((K,) if per_sample else ()) + (B,)), generator=g).to(device, loss_dtype)
     fixed_noise = []  # made once, on the first fixed call
 
@@ -184,7 +185,7 @@ def op_case(work: str, shape: str, mode: str, device, dtype, cuda_extras: bool) 
         fused = lambda fixed: (vaecuda.gaussian_kl(mu, lv),)  # noqa: E731
         target, inputs, grads = eager_kl, (mu, lv), (g_rows,)
         call = lambda f, fixed: (f(mu, lv),)  # noqa: E731
-    elif work in ("bernoulli", "bernoulli-u8"):
+    elif work in BERNOULLI:
         target = eager_bernoulli if work == "bernoulli" else eager_bernoulli_u8
         eager = lambda fixed: (target(logits, x),)  # noqa: E731
         fused = lambda fixed: (vaecuda.bernoulli_log_prob(logits, x),)  # noqa: E731
@@ -217,7 +218,7 @@ def op_case(work: str, shape: str, mode: str, device, dtype, cuda_extras: bool) 
         # the floor, timed in the same interleaved rounds as the providers (a noisy machine drifts
         # between cases): the trivial op on the latents, and for the pixel-wise work on the logits' size
         case.steps[TRIVIAL_LATENTS] = trivial_step((B, D), device, dtype)
-        if work in ("bernoulli", "bernoulli-u8", "head"):
+        if work in BERNOULLI + ("head",):
             case.steps[TRIVIAL_PIXELS] = trivial_step((B, P), device, dtype)
     return case
 
