@@ -67,6 +67,13 @@ def _check_float(op: str, name: str, t, like=None, like_name: str = "mu"):
             _fail(op, f"{name} is on {t.device} but {like_name} is on {like.device}")
 
 
+def _same_shape(a: torch.Size, b: torch.Size) -> bool:
+    """a == b, lengths first: a tuple comparison of sizes of different lengths would compare their
+    leading sizes, which under torch.compile / torch.export adds a guard on a symbolic batch size
+    (say batch != 2) that can specialize a graph or fail an export."""
+    return len(a) == len(b) and a == b
+
+
 def _broadcast(op: str, names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> torch.Size:
     try:
         return torch.broadcast_shapes(*(t.shape for t in tensors))
@@ -80,7 +87,7 @@ def _latents(op: str, mu, logvar, prior_mu=None, prior_logvar=None):
     autocast mixes their dtypes (_autocast_unify). The common case, plain tensors of one float dtype,
     shape and device and no prior, costs a few attribute reads (this runs on every call)."""
     if (prior_mu is None and prior_logvar is None and type(mu) is _Tensor and type(logvar) is _Tensor
-            and mu.dtype in _FLOATS and logvar.dtype is mu.dtype and logvar.shape == mu.shape
+            and mu.dtype in _FLOATS and logvar.dtype is mu.dtype and _same_shape(logvar.shape, mu.shape)
             and mu.dim() > 0 and logvar.device == mu.device):
         return mu, logvar, None, None
     mu, logvar, prior_mu, prior_logvar = _autocast_unify(mu, logvar, prior_mu, prior_logvar)
@@ -93,7 +100,7 @@ def _latents(op: str, mu, logvar, prior_mu=None, prior_logvar=None):
     if prior_logvar is not None:
         _check_float(op, "prior_logvar", prior_logvar, mu)
         names, tensors = names + ("prior_logvar",), tensors + (prior_logvar,)
-    shape = mu.shape if all(t.shape == mu.shape for t in tensors) else _broadcast(op, names, tensors)
+    shape = mu.shape if all(_same_shape(t.shape, mu.shape) for t in tensors) else _broadcast(op, names, tensors)
     if len(shape) == 0:
         _fail(op, "mu must have at least one dim (the latent dim), got a scalar")
     return mu, logvar, prior_mu, prior_logvar
@@ -272,7 +279,8 @@ def _bernoulli(op: str, name: str, logits, target, event_dims, reduction, probs:
         _fail(op, f"target is on {target.device} but {name} is on {logits.device}")
     if isinstance(event_dims, bool) or not isinstance(event_dims, int) or not 1 <= event_dims <= logits.dim():
         _fail(op, f"event_dims must be an int in [1, {name}.dim()={logits.dim()}], got {event_dims!r}")
-    if target.shape != logits.shape and _broadcast(op, (name, "target"), (logits, target)) != logits.shape:
+    if not _same_shape(target.shape, logits.shape) and not _same_shape(
+            _broadcast(op, (name, "target"), (logits, target)), logits.shape):
         _fail(op, f"target of shape {tuple(target.shape)} must broadcast to {name}' shape {tuple(logits.shape)}")
     _check_reduction(op, reduction)
     if _compiled(logits):
