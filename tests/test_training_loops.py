@@ -215,3 +215,26 @@ def test_torch_func_is_refused_clearly():
     x = (torch.rand(3, 5) < 0.5).float()
     with pytest.raises(RuntimeError, match="functorch"):
         torch.func.grad(lambda t: vaecuda.bernoulli_log_prob(t, x).sum())(l)
+
+
+@requires_compiled
+def test_forward_mode_ad_is_refused_clearly():
+    """Forward-mode AD has no formula for a C++ autograd Function: torch raises, nothing is silently 0."""
+    import torch.autograd.forward_ad as fwAD
+    mu, lv = torch.randn(3, 4), torch.randn(3, 4)
+    for f in (lambda m: vaecuda.gaussian_kl(m, lv), lambda m: vaecuda.reparameterize(m, lv, seed=1),
+              lambda m: vaecuda.bernoulli_log_prob(m, torch.rand(3, 4))):
+        with fwAD.dual_level(), pytest.raises(RuntimeError, match="jvp is not implemented"):
+            f(fwAD.make_dual(mu, torch.ones_like(mu)))
+
+
+@requires_compiled
+def test_inference_mode():
+    mu, lv, x = torch.randn(3, 4), torch.randn(3, 4), torch.rand(3, 4)
+    with torch.inference_mode():
+        got = (vaecuda.gaussian_kl(mu, lv), vaecuda.reparameterize(mu, lv, seed=2), vaecuda.bernoulli_log_prob(mu, x))
+    r = vaecuda.reference
+    want = (r.gaussian_kl(mu, lv), r.reparameterize(mu, lv, vaecuda.rng_state(2)), r.bernoulli_log_prob(mu, x))
+    for a, b in zip(got, want):
+        assert a.is_inference()
+        torch.testing.assert_close(a, b)
