@@ -81,3 +81,30 @@ def test_forcing_compiled_without_the_extension_fails_at_import():
 def test_unknown_backend_is_refused():
     res = _probe({"VAECUDA_BACKEND": "fastest"})
     assert res.returncode != 0 and "VAECUDA_BACKEND must be one of auto, compiled, reference" in res.stderr
+
+
+@requires_compiled
+def test_meta_tensors_take_the_compiled_ops_without_a_warning():
+    """On the meta device (a model built for shapes only) the compiled ops answer through their fake
+    kernels: no fallback warning, the CPU results' shapes and dtypes, and gradients of the inputs'."""
+    import warnings
+    g = torch.Generator().manual_seed(0)
+    mu, lv = torch.randn(4, 6, generator=g), torch.randn(6, generator=g)
+    logits, x = torch.randn(2, 4, 10, generator=g), torch.rand(4, 10, generator=g) < 0.5
+    calls = [lambda m, l, lo, t: vaecuda.gaussian_kl(m, l, reduction="sum"),
+             lambda m, l, lo, t: vaecuda.gaussian_kl(m, l, torch.zeros_like(l), l, free_bits=0.1, reduction="mean"),
+             lambda m, l, lo, t: vaecuda.reparameterize(m, l, n_samples=3),
+             lambda m, l, lo, t: vaecuda.reparameterize_with_kl(m, l, seed=1)[0],
+             lambda m, l, lo, t: vaecuda.bernoulli_log_prob(lo, t),
+             lambda m, l, lo, t: vaecuda.bernoulli_log_prob_from_probs(lo.sigmoid(), t, event_dims=2)]
+    for call in calls:
+        results = {}
+        for dev in ("cpu", "meta"):
+            ins = [t.to(dev).requires_grad_(t.is_floating_point()) for t in (mu, lv, logits, x)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                out = call(*ins)
+            grads = torch.autograd.grad(out.sum(), ins[:3], allow_unused=True)
+            results[dev] = [(t.shape, t.dtype) if t is not None else None for t in (out, *grads)]
+            assert all(t is None or t.device.type == dev for t in (out, *grads))
+        assert results["meta"] == results["cpu"]

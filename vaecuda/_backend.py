@@ -34,8 +34,9 @@ if MODE == "compiled" and _C is None:
     )
 
 BUILD = _C.build_info() if _C is not None else None
-# device types with compiled kernels
-_KERNEL_DEVICES = set() if _C is None else ({"cpu", "cuda"} if BUILD["cuda"] else {"cpu"})
+# device types with compiled kernels; "meta" (shapes only, e.g. a model built on the meta device) is
+# served by the ops' fake kernels, which torch.library registers as their meta kernels
+_KERNEL_DEVICES = set() if _C is None else ({"cpu", "cuda", "meta"} if BUILD["cuda"] else {"cpu", "meta"})
 _warned: set[str] = set()
 
 
