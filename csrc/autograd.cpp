@@ -173,7 +173,8 @@ struct Reparameterize : torch::autograd::Function<Reparameterize<WithKL>> {
     if (!grads[0].defined() && !gkl) return {Tensor(), Tensor(), Tensor(), Tensor()};
     // One sample and no KL gradient: d mu is the upstream gradient itself (as torch's add returns it),
     // so no kernel copies it: the backward moves 12 bytes per fp32 element instead of 20.
-    if (!n_samples && !gkl && mask[0] && grads[0].sizes() == s[0].sizes()) {
+    // (sizes compared as symbols: plain sizes() would fix the batch of a compiled graph)
+    if (!n_samples && !gkl && mask[0] && grads[0].sym_sizes() == s[0].sym_sizes()) {
       if (!mask[1]) return {grads[0], Tensor(), Tensor(), Tensor()};
       auto [unused, dlv] = bwd.call(opt(grads[0]), gkl, s[0], s[1], s[2], n_samples, {false, true});
       return {grads[0], dlv, Tensor(), Tensor()};

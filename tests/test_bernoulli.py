@@ -140,6 +140,16 @@ def test_nan_propagates(device):
     assert torch.isnan(vaecuda.bernoulli_log_prob(torch.zeros(1, 3), torch.tensor([[0.0, float("nan"), 1.0]]))).all()
 
 
+
+def test_infinite_logits_are_never_finite(device):
+    """+-inf logits give NaN or -inf (never a finite number that hides them), the reference's pattern."""
+    inf = float("inf")
+    logits = torch.tensor([[inf], [inf], [inf], [-inf], [-inf], [-inf]], device=device)
+    x = torch.tensor([[0.0], [0.5], [1.0], [0.0], [0.5], [1.0]], device=device)
+    out = vaecuda.bernoulli_log_prob(logits, x)
+    assert not torch.isfinite(out).any() and (torch.isnan(out) | (out == -inf)).all()
+    torch.testing.assert_close(out, ref.bernoulli_log_prob(logits, x, 1), equal_nan=True)
+
 def test_empty(device):
     logits = torch.zeros(0, 784, device=device, requires_grad=True)
     out = vaecuda.bernoulli_log_prob(logits, torch.zeros(0, 784, device=device))

@@ -168,6 +168,32 @@ def test_seed_semantics(device):
     assert torch.equal(a, vaecuda.reparameterize(mu, lv)) and not torch.equal(a, b)
 
 
+
+def test_offset_applies_to_every_kind_of_key(device):
+    """offset is added (mod 2^64) to the key's offset word for an int seed, a key tensor (left as it
+    is) and a drawn key alike: never silently dropped."""
+    mu, lv = _inputs((4, 8), torch.float32, device)
+    key = vaecuda.rng_state(5, 2, device)
+    want = vaecuda.reparameterize(mu, lv, seed=5, offset=5)
+    assert torch.equal(vaecuda.reparameterize(mu, lv, seed=key, offset=3), want)
+    assert key.tolist() == [5, 2]
+    assert torch.equal(vaecuda.reparameterize_with_kl(mu, lv, seed=key, offset=3)[0], want)
+    # mod 2^64: offset 2^64 - 1 is -1
+    assert torch.equal(vaecuda.reparameterize(mu, lv, seed=key, offset=2**64 - 1),
+                       vaecuda.reparameterize(mu, lv, seed=5, offset=1))
+    assert vaecuda.rng_state(vaecuda.rng_state(0, 2**63 - 1), 1).tolist() == [0, -(2**63)]
+    # a drawn key: the draw of the same generator state, offset added
+    torch.manual_seed(3)
+    drawn = vaecuda.rng_state(None, device=device)
+    torch.manual_seed(3)
+    assert torch.equal(vaecuda.reparameterize(mu, lv, offset=4), vaecuda.reparameterize(mu, lv, seed=drawn, offset=4))
+    torch.manual_seed(3)
+    assert not torch.equal(vaecuda.reparameterize(mu, lv, offset=4), vaecuda.reparameterize(mu, lv, seed=drawn))
+    with pytest.raises(TypeError, match="offset must be an int"):
+        vaecuda.reparameterize(mu, lv, seed=key, offset=1.0)
+    with pytest.raises(ValueError, match="offset must fit in 64 bits"):
+        vaecuda.rng_state(None, 2**64)
+
 @requires_compiled
 def test_every_cpu_instruction_set_agrees(tmp_path):
     # the noise is the same bits on every instruction set (test_philox.py); exp may use FMA on AVX2,

@@ -143,7 +143,13 @@ def rng_state(seed: int | torch.Tensor | None = None, offset: int = 0, device=No
     governs it, and a captured CUDA graph draws afresh on every replay); an int seed (any 64-bit
     value) with an int offset gives the same noise on every run and device. A tensor is taken as the
     state itself (int64, two elements, on ``device``): made once, it can be captured in a CUDA graph
-    or updated in place between steps."""
+    or updated in place between steps. ``offset`` is added (mod 2^64) to the offset word of a drawn
+    key or a key tensor too (a new tensor; the key tensor is left as it is): distinct offsets give
+    disjoint streams, e.g. ``offset=rank`` on ranks seeded alike."""
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"vaecuda.rng_state: offset must be an int, got {type(offset).__name__}")
+    if not -(2**63) <= offset < _U64:
+        raise ValueError(f"vaecuda.rng_state: offset must fit in 64 bits, got {offset}")
     if isinstance(seed, torch.Tensor):
         if seed.dtype != torch.int64 or seed.numel() != 2 or seed.dim() != 1:
             exc = TypeError if seed.dtype != torch.int64 else ValueError  # a dtype, or a shape
@@ -151,22 +157,31 @@ def rng_state(seed: int | torch.Tensor | None = None, offset: int = 0, device=No
                       f"{seed.dtype} of shape {tuple(seed.shape)}")
         if device is not None and seed.device != (device if type(device) is torch.device else torch.device(device)):
             raise ValueError(f"vaecuda.rng_state: the seed tensor is on {seed.device} but the inputs are on {device}")
-        return seed
+        return seed if offset == 0 else _add_offset(seed.clone(), offset)
     if seed is None:
-        return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
-    for name, v in (("seed", seed), ("offset", offset)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"vaecuda.rng_state: {name} must be an int, got {type(v).__name__}")
-        if not -(2**63) <= v < _U64:
-            raise ValueError(f"vaecuda.rng_state: {name} must fit in 64 bits, got {v}")
-    # store the 64-bit patterns as int64 (two's complement)
-    seed, offset = (v - _U64 if v >= 2**63 else v for v in (seed, offset))
+        state = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
+        return state if offset == 0 else _add_offset(state, offset)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"vaecuda.rng_state: seed must be an int, got {type(seed).__name__}")
+    if not -(2**63) <= seed < _U64:
+        raise ValueError(f"vaecuda.rng_state: seed must fit in 64 bits, got {seed}")
+    seed, offset = _signed(seed), _signed(offset)
     if device is None or torch.device(device).type == "cpu":
         return torch.tensor([seed, offset], dtype=torch.int64, device=device)
     # on an accelerator, fill kernels that take the values as arguments: torch.tensor(..., device=)
     # would copy from pageable host memory, which waits for the stream (a hidden sync)
     state = torch.full((2,), seed, dtype=torch.int64, device=device)
     state[1].fill_(offset)
+    return state
+
+
+def _signed(v: int) -> int:
+    """The int64 (two's complement) holding the 64-bit pattern of v in [-2^63, 2^64)."""
+    return v - _U64 if v >= 2**63 else v
+
+
+def _add_offset(state: torch.Tensor, offset: int) -> torch.Tensor:
+    state[1] += _signed(offset)  # int64 arithmetic wraps: mod 2^64; a kernel argument, no host sync
     return state
 
 
