@@ -93,12 +93,17 @@ def _sgd_step(model, lr=0.05):
 @requires_compiled
 @pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"),
                     reason="tracing backward() inside a compiled step needs torch >= 2.13 (trace_autograd_ops)")
-def test_compile_whole_step_fullgraph_dynamic(monkeypatch):
+def test_compile_whole_step_fullgraph_dynamic():
     """Model, vaecuda ops, backward and the parameter update in one graph (fullgraph=True,
     dynamic=True): no graph break, no recompilation when the batch size changes, and the same
     numbers as the eager step. torch.optim's step() graph-breaks on purpose (pytorch#104053), so the
     update is written inline here; test_compile_step_with_adam covers torch.optim.Adam."""
-    monkeypatch.setattr(torch._dynamo.config, "trace_autograd_ops", True)
+    # config.patch, not pytest's monkeypatch: its undo deletes a torch config entry
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        _whole_step_fullgraph_dynamic()
+
+
+def _whole_step_fullgraph_dynamic():
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = VAE(64, (32,), 8)
