@@ -139,20 +139,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_kl_backward_autograd(
 }
 
 // ---------------------------------------------------------------------------------------------------
-using ReparamSig = Tensor(const Tensor&, const Tensor&, const Tensor&, std::optional<int64_t>);
+using ReparamSig = Tensor(const Tensor&, const Tensor&, const Tensor&, std::optional<c10::SymInt>);
 using ReparamKLSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                std::optional<int64_t>);
+                                                std::optional<c10::SymInt>);
 using ReparamBwdSig = std::tuple<Tensor, Tensor>(const OptTensor&, const OptTensor&, const Tensor&, const Tensor&,
-                                                 const Tensor&, std::optional<int64_t>, std::array<bool, 2>);
+                                                 const Tensor&, std::optional<c10::SymInt>, std::array<bool, 2>);
 
 // Saves only mu, logvar and the two-element rng_state: the backward regenerates eps.
 template <bool WithKL>
 struct Reparameterize : torch::autograd::Function<Reparameterize<WithKL>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar,
-                               const Tensor& rng_state, std::optional<int64_t> n_samples) {
+                               const Tensor& rng_state, std::optional<c10::SymInt> n_samples) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({mu, logvar, rng_state});
-    ctx->saved_data["n_samples"] = n_samples ? c10::IValue(*n_samples) : c10::IValue();
+    ctx->saved_data["n_samples"] = n_samples ? c10::IValue(*n_samples) : c10::IValue();  // symbolic under tracing
     ctx->set_materialize_grads(false);
     if constexpr (WithKL) {
       static auto f = op<ReparamKLSig>("vaecuda::reparameterize_with_kl");
@@ -167,7 +167,7 @@ struct Reparameterize : torch::autograd::Function<Reparameterize<WithKL>> {
     static auto bwd = op<ReparamBwdSig>("vaecuda::reparameterize_backward");
     const variable_list s = ctx->get_saved_variables();
     const c10::IValue& ns = ctx->saved_data["n_samples"];
-    const std::optional<int64_t> n_samples = ns.isNone() ? std::nullopt : std::optional<int64_t>(ns.toInt());
+    const std::optional<c10::SymInt> n_samples = ns.isNone() ? std::nullopt : std::optional<c10::SymInt>(ns.toSymInt());
     const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
     const OptTensor gkl = WithKL ? opt(grads[1]) : std::nullopt;
     if (!grads[0].defined() && !gkl) return {Tensor(), Tensor(), Tensor(), Tensor()};
@@ -185,13 +185,13 @@ struct Reparameterize : torch::autograd::Function<Reparameterize<WithKL>> {
 };
 
 Tensor reparameterize_autograd(const Tensor& mu, const Tensor& logvar, const Tensor& rng_state,
-                               std::optional<int64_t> n_samples) {
+                               std::optional<c10::SymInt> n_samples) {
   return Reparameterize<false>::apply(mu, logvar, rng_state, n_samples)[0];
 }
 
 std::tuple<Tensor, Tensor> reparameterize_with_kl_autograd(const Tensor& mu, const Tensor& logvar,
                                                            const Tensor& rng_state,
-                                                           std::optional<int64_t> n_samples) {
+                                                           std::optional<c10::SymInt> n_samples) {
   auto r = Reparameterize<true>::apply(mu, logvar, rng_state, n_samples);
   return {r[0], r[1]};
 }
@@ -199,7 +199,7 @@ std::tuple<Tensor, Tensor> reparameterize_with_kl_autograd(const Tensor& mu, con
 std::tuple<Tensor, Tensor> reparameterize_backward_autograd(const OptTensor& grad_z, const OptTensor& grad_kl,
                                                             const Tensor& mu, const Tensor& logvar,
                                                             const Tensor& rng_state,
-                                                            std::optional<int64_t> n_samples,
+                                                            std::optional<c10::SymInt> n_samples,
                                                             std::array<bool, 2> mask) {
   static auto bwd = op<ReparamBwdSig>("vaecuda::reparameterize_backward");
   auto r = first_derivatives("reparameterize",

@@ -19,12 +19,13 @@ TORCH_LIBRARY(vaecuda, m) {
   m.def("gaussian_kl_backward(Tensor grad, Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, "
         "bool elementwise, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   // z = mu + exp(logvar / 2) * eps, eps from Philox keyed by rng_state = (seed, offset), int64[2].
-  // n_samples=K prepends a sample dim. _with_kl also returns the per-row KL(q || N(0, I)).
-  m.def("reparameterize(Tensor mu, Tensor logvar, Tensor rng_state, int? n_samples=None) -> Tensor");
-  m.def("reparameterize_with_kl(Tensor mu, Tensor logvar, Tensor rng_state, int? n_samples=None) "
+  // n_samples=K prepends a sample dim (a SymInt: a compiled graph need not specialize on K; the
+  // kernels take it as an int). _with_kl also returns the per-row KL(q || N(0, I)).
+  m.def("reparameterize(Tensor mu, Tensor logvar, Tensor rng_state, SymInt? n_samples=None) -> Tensor");
+  m.def("reparameterize_with_kl(Tensor mu, Tensor logvar, Tensor rng_state, SymInt? n_samples=None) "
         "-> (Tensor, Tensor)");
   m.def("reparameterize_backward(Tensor? grad_z, Tensor? grad_kl, Tensor mu, Tensor logvar, Tensor rng_state, "
-        "int? n_samples, bool[2] output_mask) -> (Tensor, Tensor)");
+        "SymInt? n_samples, bool[2] output_mask) -> (Tensor, Tensor)");
   // log p(target | logits) of independent Bernoullis, summed over the last event_dims dims; with
   // probs=True `logits` holds probabilities (log terms clamped at -100, as binary_cross_entropy).
   m.def("bernoulli_log_prob(Tensor logits, Tensor target, int event_dims=1, bool probs=False) -> Tensor");

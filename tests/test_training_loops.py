@@ -287,3 +287,31 @@ def test_compile_dynamic_batch_does_not_recompile(case):
                 assert a is None
             else:
                 torch.testing.assert_close(a, e)
+
+
+@requires_compiled
+def test_compile_dynamic_n_samples_does_not_recompile():
+    """n_samples is a SymInt in the schemas: K samples (an IWAE's k, a last smaller chunk) vary
+    without a new graph under dynamic=True, forward and backward, with eager's results."""
+    torch._dynamo.reset()
+
+    def f(m, l, k):
+        z = vaecuda.reparameterize(m, l, n_samples=k, seed=1)
+        z2, kl = vaecuda.reparameterize_with_kl(m, l, n_samples=k, seed=2)
+        return z.square().mean() + z2.mean() + kl.mean()
+
+    compiled = torch.compile(f, dynamic=True)
+    g = torch.Generator().manual_seed(0)
+    mu, lv = torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g)
+    for i, k in enumerate((2, 3, 5)):
+        m, l = mu.clone().requires_grad_(), lv.clone().requires_grad_()
+        if i == 0:
+            out = compiled(m, l, k)
+        else:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                out = compiled(m, l, k)
+        m2, l2 = mu.clone().requires_grad_(), lv.clone().requires_grad_()
+        want = f(m2, l2, k)
+        torch.testing.assert_close(out, want)
+        for a, b in zip(torch.autograd.grad(out, [m, l]), torch.autograd.grad(want, [m2, l2])):
+            torch.testing.assert_close(a, b)
