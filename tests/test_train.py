@@ -188,7 +188,7 @@ def test_cli_errors_overwrite_nothing(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nothing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "z"), "--data", DATA, "--lr", "-1", "--quiet"]) == 2
-    assert "lr must be > 0" in capsys.readouterr().err
+    assert "lr and lr_decay must be > 0" in capsys.readouterr().err
     # options out of range, or that the objective does not take, fail before anything is written
     for args, msg in ((["--seed", "-1"], "seed must be an integer in [0, 2^32)"),
                       (["--seed", str(2**50)], "seed must be an integer in [0, 2^32)"),
@@ -196,7 +196,12 @@ def test_cli_errors_overwrite_nothing(tmp_path, capsys):
                       (["--device", "cuda:7"], "no such CUDA device here"),
                       (["--objective", "iwae", "--beta", "0.5"], "the IWAE bound takes none of them"),
                       (["--objective", "iwae", "--warmup-epochs", "2"], "the IWAE bound takes none of them"),
-                      (["--stop-after", "0"], "stop_after must be >= 1")):
+                      (["--stop-after", "0"], "stop_after must be >= 1"),
+                      (["--hidden", "-5"], "hidden widths and channels must be integers >= 1"),
+                      (["--hidden", "32,0"], "hidden widths and channels must be integers >= 1"),
+                      (["--arch", "conv", "--channels", "0"], "hidden widths and channels must be integers >= 1"),
+                      (["--lr-schedule", "exponential", "--lr-decay", "-1"], "lr and lr_decay must be > 0"),
+                      (["--lr-decay", "0"], "lr and lr_decay must be > 0")):
         assert main(["train", "--out", str(tmp_path / "w"), "--data", DATA, "--quiet", *args]) == 2, args
         assert msg in capsys.readouterr().err, args
         assert not os.path.exists(tmp_path / "w" / "config.json"), args

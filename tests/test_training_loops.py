@@ -315,3 +315,26 @@ def test_compile_dynamic_n_samples_does_not_recompile():
         torch.testing.assert_close(out, want)
         for a, b in zip(torch.autograd.grad(out, [m, l]), torch.autograd.grad(want, [m2, l2])):
             torch.testing.assert_close(a, b)
+
+
+@requires_compiled
+def test_vmap_runs_per_slice_as_documented():
+    """vmap has no batching rule for the ops: torch's per-slice fallback gives the per-slice results,
+    sampling with a fixed key draws the same noise in every slice, and seed=None raises torch's
+    randomness error."""
+    import warnings
+    g = torch.Generator().manual_seed(0)
+    mu, lv = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
+    x = torch.rand(3, 4, 5, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "performance drop" warning for the fallback
+        kl = torch.func.vmap(vaecuda.gaussian_kl)(mu, lv)
+        ll = torch.func.vmap(vaecuda.bernoulli_log_prob)(mu, x)
+        z = torch.func.vmap(lambda m, l: vaecuda.reparameterize(m, l, seed=4))(mu, lv)
+        torch.testing.assert_close(kl, torch.stack([vaecuda.gaussian_kl(a, b) for a, b in zip(mu, lv)]))
+        torch.testing.assert_close(ll, torch.stack([vaecuda.bernoulli_log_prob(a, b) for a, b in zip(mu, x)]))
+        key = vaecuda.rng_state(4)
+        for i in range(3):
+            assert torch.equal(z[i], vaecuda.reparameterize(mu[i], lv[i], seed=key))
+        with pytest.raises(RuntimeError, match="randomness"):
+            torch.func.vmap(lambda m, l: vaecuda.reparameterize(m, l))(mu, lv)

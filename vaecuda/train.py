@@ -67,8 +67,11 @@ class Config:
         for name in ("epochs", "batch_size", "latent", "k"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.beta < 0 or self.free_bits < 0 or self.warmup_epochs < 0:
-            raise ValueError("lr must be > 0; beta, free_bits and warmup_epochs >= 0")
+        if self.channels < 1 or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden widths and channels must be integers >= 1, got hidden {list(self.hidden)}, "
+                             f"channels {self.channels}")
+        if self.lr <= 0 or self.lr_decay <= 0 or self.beta < 0 or self.free_bits < 0 or self.warmup_epochs < 0:
+            raise ValueError("lr and lr_decay must be > 0; beta, free_bits and warmup_epochs >= 0")
         if self.objective == "iwae" and (self.beta != 1.0 or self.warmup_epochs > 0 or self.free_bits > 0):
             raise ValueError("beta, warmup_epochs and free_bits shape the ELBO objective; the IWAE bound "
                              "takes none of them (drop them, or use objective elbo)")
