@@ -61,11 +61,7 @@ def _chunk_key(seed, c: int, device):
     """The noise key of chunk c of a multi-chunk estimate: distinct for every chunk."""
     if seed is None:
         return None  # a fresh draw from torch's generator
-    if isinstance(seed, torch.Tensor):
-        key = seed.clone()
-        key[1] += c  # on the key's device: no host sync
-        return key
-    return _ops.rng_state(seed, c, device)
+    return _ops.rng_state(seed, c, device)  # an int seed's key (seed, c); a key tensor's offset + c
 
 
 def _log_px(ops: str, logits, x, event_dims: int):

@@ -146,10 +146,7 @@ def rng_state(seed: int | torch.Tensor | None = None, offset: int = 0, device=No
     or updated in place between steps. ``offset`` is added (mod 2^64) to the offset word of a drawn
     key or a key tensor too (a new tensor; the key tensor is left as it is): distinct offsets give
     disjoint streams, e.g. ``offset=rank`` on ranks seeded alike."""
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise TypeError(f"vaecuda.rng_state: offset must be an int, got {type(offset).__name__}")
-    if not -(2**63) <= offset < _U64:
-        raise ValueError(f"vaecuda.rng_state: offset must fit in 64 bits, got {offset}")
+    _check_u64("offset", offset)
     if isinstance(seed, torch.Tensor):
         if seed.dtype != torch.int64 or seed.numel() != 2 or seed.dim() != 1:
             exc = TypeError if seed.dtype != torch.int64 else ValueError  # a dtype, or a shape
@@ -161,10 +158,7 @@ def rng_state(seed: int | torch.Tensor | None = None, offset: int = 0, device=No
     if seed is None:
         state = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
         return state if offset == 0 else _add_offset(state, offset)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"vaecuda.rng_state: seed must be an int, got {type(seed).__name__}")
-    if not -(2**63) <= seed < _U64:
-        raise ValueError(f"vaecuda.rng_state: seed must fit in 64 bits, got {seed}")
+    _check_u64("seed", seed)
     seed, offset = _signed(seed), _signed(offset)
     if device is None or torch.device(device).type == "cpu":
         return torch.tensor([seed, offset], dtype=torch.int64, device=device)
@@ -173,6 +167,14 @@ def rng_state(seed: int | torch.Tensor | None = None, offset: int = 0, device=No
     state = torch.full((2,), seed, dtype=torch.int64, device=device)
     state[1].fill_(offset)
     return state
+
+
+def _check_u64(name: str, v) -> None:
+    """An int seed or offset: any 64-bit pattern, written in [-2^63, 2^64)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"vaecuda.rng_state: {name} must be an int, got {type(v).__name__}")
+    if not -(2**63) <= v < _U64:
+        raise ValueError(f"vaecuda.rng_state: {name} must fit in 64 bits, got {v}")
 
 
 def _signed(v: int) -> int:
