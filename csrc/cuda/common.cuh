@@ -169,6 +169,23 @@ __device__ __forceinline__ void for_each_row(int64_t rows, int lanes, bool sum, 
   }
 }
 
+// A lane's quads first, first + step, ... (< end) of one row, software-pipelined: the next quad's
+// loads are issued before the current quad's body runs, so they are in flight while it computes.
+// For the sampling kernels, whose ~100 instructions per element (Philox, Box-Muller, exp) take about
+// as long as their memory traffic, a warp that waited for its loads between quads would leave the
+// memory system idle. load(q, in) fills an In; body(q, in) uses it. Same quads, same order.
+template <typename In, typename Load, typename Body>
+__device__ __forceinline__ void pipelined_quads(int64_t first, int64_t end, int64_t step, Load&& load, Body&& body) {
+  In cur{};
+  if (first < end) load(first, cur);
+  for (int64_t q = first; q < end; q += step) {
+    In next{};
+    if (q + step < end) load(q + step, next);
+    body(q, cur);
+    cur = next;
+  }
+}
+
 // The quad loop of the backward kernels (cols % 4 == 0, so a quad never straddles rows): one thread per
 // quad, grid-stride; body(r, j) gets the quad's row and first column.
 template <typename Body>

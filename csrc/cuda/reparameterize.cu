@@ -3,9 +3,10 @@
 //
 // cols % 4 == 0 (every latent width a model is likely to use): a quad of 4 columns of one row is one
 // Philox group in every sample, so each thread takes quads and draws one group per quad and sample,
-// forward and backward. The forward is a row kernel, which also sums the row's KL when asked (one
-// read of mu and logvar, one launch, the KL op's very bits); the backward one thread per quad.
-// Otherwise: one thread per group (forward, KL as a second launch) or per element (backward).
+// forward and backward. Both are row kernels whose lanes walk a row's quads with the next quad's loads
+// in flight (pipelined_quads); the forward also sums the row's KL when asked (one read of mu and logvar,
+// one launch, the KL op's very bits). Otherwise: one thread per group (forward, KL as a second launch)
+// or per element (backward).
 #include "common.cuh"
 
 namespace vaecuda {
@@ -19,8 +20,14 @@ struct ReparamPlan {
   bool grad_z_ready = false, out_ready = false;  // backward
 };
 
+// A quad's inputs, loaded one quad ahead (pipelined_quads).
+template <typename A>
+struct QuadIn {
+  A m[4], l[4], g[4];  // mu, logvar; the backward's upstream gradient of sample 0
+};
+
 template <typename T>
-__global__ void reparam_rows_kernel(ReparamArgs a, ReparamPlan plan) {
+__global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 2 : 4) reparam_rows_kernel(ReparamArgs a, ReparamPlan plan) {
   using A = typename Acc<T>::type;
   uint64_t seed, offset;
   stream_key(a, seed, offset);
@@ -33,27 +40,30 @@ __global__ void reparam_rows_kernel(ReparamArgs a, ReparamPlan plan) {
         const T* mu = static_cast<const T*>(a.mu) + a.v_mu.row_offset(r);
         const T* lv = static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r);
         A acc = A(0);
-        for (int64_t q = lane; q < per_row; q += plan.lanes) {
-          const int64_t j = 4 * q;
-          A m[4], l[4], s[4];
-          load_quad(mu, j, a.cols, a.v_mu.col_stride, plan.mu_ready, m);
-          load_quad(lv, j, a.cols, a.v_logvar.col_stride, plan.logvar_ready, l);
+        pipelined_quads<QuadIn<A>>(
+            lane, per_row, plan.lanes,
+            [&](int64_t q, QuadIn<A>& in) {
+              load_quad(mu, 4 * q, a.cols, a.v_mu.col_stride, plan.mu_ready, in.m);
+              load_quad(lv, 4 * q, a.cols, a.v_logvar.col_stride, plan.logvar_ready, in.l);
+            },
+            [&](int64_t q, const QuadIn<A>& in) {
+              A s[4];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) s[i] = std_from_logvar(l[i]);
-          const int64_t e = r * a.cols + j;  // flat index in sample 0; a multiple of 4
-          for (int64_t k = 0; k < a.samples; ++k) {
-            const F4 eps = normal_group(seed, offset, static_cast<uint64_t>((k * plane + e) >> 2));
-            A zq[4];
+              for (int i = 0; i < 4; ++i) s[i] = std_from_logvar(in.l[i]);
+              const int64_t e = r * a.cols + 4 * q;  // flat index in sample 0; a multiple of 4
+              for (int64_t k = 0; k < a.samples; ++k) {
+                const F4 eps = normal_group(seed, offset, static_cast<uint64_t>((k * plane + e) >> 2));
+                A zq[4];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) zq[i] = m[i] + s[i] * static_cast<A>(eps.v[i]);
-            store_quad(z + k * plane + e, 0, 4, plan.z_ready, zq);
-          }
-          if (kl) {
+                for (int i = 0; i < 4; ++i) zq[i] = in.m[i] + s[i] * static_cast<A>(eps.v[i]);
+                store_quad(z + k * plane + e, 0, 4, plan.z_ready, zq);
+              }
+              if (kl) {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) acc = add_rn(acc, kl_std_normal(m[i], l[i]));  // as gaussian_kl.cu:
-            // the same expression, so the same code (tests/test_reparameterize.py checks the bits agree)
-          }
-        }
+                for (int i = 0; i < 4; ++i) acc = add_rn(acc, kl_std_normal(in.m[i], in.l[i]));  // as gaussian_kl.cu:
+                // the same expression, so the same code (tests/test_reparameterize.py checks the bits agree)
+              }
+            });
         return acc;
       },
       [&](int64_t r, A total) { kl[r] = total; });
@@ -96,41 +106,65 @@ __device__ __forceinline__ void reparam_grads(A m, A l, A gsum, A gse, const A* 
   }
 }
 
-template <typename T>
-__global__ void reparam_backward_quads(ReparamBackwardArgs b, ReparamPlan plan) {
+// The backward as a row kernel like the forward (no row sum): each lane walks its quads of a row, one
+// quad's loads ahead, and draws one Philox group per quad and sample. KL: a KL gradient comes back
+// (sample+KL), so mu is read too; One: one sample. Template flags, so that the common loops hold no
+// registers for what they do not do. Launch bounds: one sample keeps 4 blocks of 256 threads per SM
+// (<= 64 registers a thread; 2 for float64), K samples are given room (2; 1 for float64), the bounds
+// at which ptxas spills nothing (sm_80, sm_90).
+template <typename T, bool KL, bool One>
+__global__ void __launch_bounds__(kThreads, One ? (sizeof(T) == 8 ? 2 : 4) : (sizeof(T) == 8 ? 1 : 2))
+    reparam_backward_rows(ReparamBackwardArgs b, ReparamPlan plan) {
   using A = typename Acc<T>::type;
   const ReparamArgs& a = b.in;
   uint64_t seed, offset;
   stream_key(a, seed, offset);
-  const int64_t plane = a.rows * a.cols;
-  for_each_quad(a.rows, a.cols, [&](int64_t r, int64_t j) {
-    const int64_t e = r * a.cols + j;
-    A m[4] = {}, l[4], gsum[4] = {}, gse[4] = {};
-    if (b.grad_kl)  // mu enters only the KL's gradient
-      load_quad(static_cast<const T*>(a.mu) + a.v_mu.row_offset(r), j, a.cols, a.v_mu.col_stride, plan.mu_ready, m);
-    load_quad(static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r), j, a.cols, a.v_logvar.col_stride,
-              plan.logvar_ready, l);
-    if (b.grad_z) {
-      for (int64_t k = 0; k < a.samples; ++k) {
-        A gz[4];
-        load_quad(static_cast<const T*>(b.grad_z) + b.v_grad_z.row_offset(k * a.rows + r), j, a.cols,
-                  b.v_grad_z.col_stride, plan.grad_z_ready, gz);
+  const int64_t per_row = a.cols / 4, plane = a.rows * a.cols, samples = One ? 1 : a.samples;
+  const T* grad_z = static_cast<const T*>(b.grad_z);
+  for_each_row<A>(
+      a.rows, plan.lanes, false,
+      [&](int64_t r, int lane) {
+        // mu enters only the KL's gradient; sample 0's upstream gradient is loaded ahead with the quad
+        const T* mu = KL ? static_cast<const T*>(a.mu) + a.v_mu.row_offset(r) : nullptr;
+        const T* lv = static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r);
+        const T* gz0 = grad_z ? grad_z + b.v_grad_z.row_offset(r) : nullptr;
+        const A* gkl = KL ? static_cast<const A*>(b.grad_kl) + b.v_grad_kl.row_offset(r) : nullptr;
+        pipelined_quads<QuadIn<A>>(
+            lane, per_row, plan.lanes,
+            [&](int64_t q, QuadIn<A>& in) {
+              if (KL) load_quad(mu, 4 * q, a.cols, a.v_mu.col_stride, plan.mu_ready, in.m);
+              load_quad(lv, 4 * q, a.cols, a.v_logvar.col_stride, plan.logvar_ready, in.l);
+              if (gz0) load_quad(gz0, 4 * q, a.cols, b.v_grad_z.col_stride, plan.grad_z_ready, in.g);
+            },
+            [&](int64_t q, const QuadIn<A>& in) {
+              const int64_t j = 4 * q, e = r * a.cols + j;
+              A gsum[4] = {}, gse[4] = {};
+              for (int64_t k = 0; gz0 && k < samples; ++k) {
+                A gz[4];
+                if (k == 0) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) gsum[i] += gz[i];
-        if (b.d_logvar) {
-          const F4 eps = normal_group(seed, offset, static_cast<uint64_t>((k * plane + e) >> 2));
+                  for (int i = 0; i < 4; ++i) gz[i] = in.g[i];
+                } else {
+                  load_quad(grad_z + b.v_grad_z.row_offset(k * a.rows + r), j, a.cols, b.v_grad_z.col_stride,
+                            plan.grad_z_ready, gz);
+                }
 #pragma unroll
-          for (int i = 0; i < 4; ++i) gse[i] += gz[i] * static_cast<A>(eps.v[i]);
-        }
-      }
-    }
-    const A* gkl = b.grad_kl ? static_cast<const A*>(b.grad_kl) + b.v_grad_kl.row_offset(r) : nullptr;
-    A dmu[4], dlv[4];
+                for (int i = 0; i < 4; ++i) gsum[i] += gz[i];
+                if (b.d_logvar) {
+                  const F4 eps = normal_group(seed, offset, static_cast<uint64_t>((k * plane + e) >> 2));
 #pragma unroll
-    for (int i = 0; i < 4; ++i) reparam_grads(m[i], l[i], gsum[i], gse[i], gkl, dmu[i], dlv[i]);
-    if (b.d_mu) store_quad(static_cast<T*>(b.d_mu) + e, 0, 4, plan.out_ready, dmu);
-    if (b.d_logvar) store_quad(static_cast<T*>(b.d_logvar) + e, 0, 4, plan.out_ready, dlv);
-  });
+                  for (int i = 0; i < 4; ++i) gse[i] += gz[i] * static_cast<A>(eps.v[i]);
+                }
+              }
+              A dmu[4], dlv[4];
+#pragma unroll
+              for (int i = 0; i < 4; ++i) reparam_grads(in.m[i], in.l[i], gsum[i], gse[i], gkl, dmu[i], dlv[i]);
+              if (b.d_mu) store_quad(static_cast<T*>(b.d_mu) + e, 0, 4, plan.out_ready, dmu);
+              if (b.d_logvar) store_quad(static_cast<T*>(b.d_logvar) + e, 0, 4, plan.out_ready, dlv);
+            });
+        return A(0);
+      },
+      [](int64_t, A) {});
 }
 
 template <typename T>
@@ -226,7 +260,12 @@ void launch(const ReparamBackwardArgs& b, cudaStream_t stream) {
       plan.grad_z_ready = b.grad_z && quad_ready<T>(b.grad_z, b.v_grad_z, b.in.cols);
       plan.out_ready = (!b.d_mu || quad_ready_out<T>(b.d_mu, b.in.cols)) &&
                        (!b.d_logvar || quad_ready_out<T>(b.d_logvar, b.in.cols));
-      reparam_backward_quads<T><<<blocks_for(plane / 4, kThreads), kThreads, 0, stream>>>(b, plan);
+      const unsigned int blocks = row_blocks(b.in.rows, plan.lanes);
+      const bool one = b.in.samples == 1;
+      if (b.grad_kl && one) reparam_backward_rows<T, true, true><<<blocks, kThreads, 0, stream>>>(b, plan);
+      else if (b.grad_kl) reparam_backward_rows<T, true, false><<<blocks, kThreads, 0, stream>>>(b, plan);
+      else if (one) reparam_backward_rows<T, false, true><<<blocks, kThreads, 0, stream>>>(b, plan);
+      else reparam_backward_rows<T, false, false><<<blocks, kThreads, 0, stream>>>(b, plan);
     } else {
       reparam_backward_kernel<T><<<blocks_for(plane, kThreads), kThreads, 0, stream>>>(b);
     }

@@ -20,6 +20,7 @@
 #ifndef __forceinline__
 #define __forceinline__ inline
 #endif
+#define __launch_bounds__(...)
 #define __shared__ static  // blocks run one at a time: a static is the block's shared memory
 
 struct emu_dim3 { unsigned x = 0, y = 1, z = 1; };

@@ -168,6 +168,13 @@ int main() {
         b.grad_kl = gkl.data(); b.v_grad_kl = view(rows, 1, 0);
         b.d_mu = dmu.data(); b.d_logvar = dlv.data();
         cuda::launch(b, nullptr);
+        // and without the KL's gradient (plain sampling), and with the KL's gradient alone (z unused)
+        std::vector<float> dmu_z(plane, -7.f), dlv_z(plane, -7.f), dmu_kl(plane, -7.f), dlv_kl(plane, -7.f);
+        ReparamBackwardArgs bz = b; bz.grad_kl = nullptr; bz.d_mu = dmu_z.data(); bz.d_logvar = dlv_z.data();
+        cuda::launch(bz, nullptr);
+        ReparamBackwardArgs bk = b; bk.grad_z = nullptr; bk.d_mu = dmu_kl.data(); bk.d_logvar = dlv_kl.data();
+        cuda::launch(bk, nullptr);
+        const auto close = [](float x, float w) { return std::fabs(x - w) <= 1e-5f * (1 + std::fabs(w)); };
         for (int64_t p = 0; p < plane; ++p) {
           float gs = 0, ge = 0;
           for (int64_t k = 0; k < K; ++k) {
@@ -175,9 +182,13 @@ int main() {
             gs += gz[e]; ge += gz[e] * normal_group(a.seed, a.offset, e >> 2).v[e & 3];
           }
           float km, kv; kl_std_normal_grad(mu[p], lv[p], gkl[p / cols], km, kv);
-          const float wm = gs + km, wv = ge * 0.5f * std_from_logvar(lv[p]) + kv;
-          CHECK(std::fabs(dmu[p] - wm) <= 1e-5f * (1 + std::fabs(wm)) && std::fabs(dlv[p] - wv) <= 1e-5f * (1 + std::fabs(wv)),
+          const float zm = gs, zv = ge * 0.5f * std_from_logvar(lv[p]), wm = zm + km, wv = zv + kv;
+          CHECK(close(dmu[p], wm) && close(dlv[p], wv),
                 "reparam bwd cols %ld K %ld layout %d p %ld: %g %g vs %g %g", cols, K, layout, p, dmu[p], dlv[p], wm, wv);
+          CHECK(close(dmu_z[p], zm) && close(dlv_z[p], zv),
+                "reparam bwd, no KL grad, cols %ld K %ld layout %d p %ld: %g %g vs %g %g", cols, K, layout, p, dmu_z[p], dlv_z[p], zm, zv);
+          CHECK(dmu_kl[p] == km && dlv_kl[p] == kv,
+                "reparam bwd, KL grad only, cols %ld K %ld layout %d p %ld: %g %g vs %g %g", cols, K, layout, p, dmu_kl[p], dlv_kl[p], km, kv);
         }
       }
     }
