@@ -307,24 +307,36 @@ VAE_HD T std_from_logvar(T logvar) {
 // ---------------------------------------------------------------------------------------------------
 // Gaussian KL, one latent dimension.
 // KL(N(mu, e^lv) || N(0, 1)) = (e^lv + mu^2 - 1 - lv) / 2
+// e^lv is taken as sd^2, sd = e^(lv / 2) the standard deviation sampling computes anyway: sample+KL
+// (both directions) then needs one exponential per element instead of two, and the KL op, which
+// computes sd the same way, gives sample+KL's KL bit for bit. (sd^2 is within ~2 ulp of e^lv, and
+// overflows and underflows where e^lv does.) The _sd forms take an sd already computed.
+template <typename T>
+VAE_HD T kl_std_normal_sd(T mu, T lv, T sd) {
+  return T(0.5) * (sd * sd + mu * mu - T(1) - lv);
+}
 template <typename T>
 VAE_HD T kl_std_normal(T mu, T lv) {
-  return T(0.5) * (fast_exp(lv) + mu * mu - T(1) - lv);
+  return kl_std_normal_sd(mu, lv, std_from_logvar(lv));
 }
 // d/dmu = mu, d/dlv = (e^lv - 1) / 2, each times the upstream gradient g.
 template <typename T>
-VAE_HD void kl_std_normal_grad(T mu, T lv, T g, T& dmu, T& dlv) {
+VAE_HD void kl_std_normal_grad_sd(T mu, T sd, T g, T& dmu, T& dlv) {
   dmu = g * mu;
-  dlv = g * T(0.5) * (fast_exp(lv) - T(1));
+  dlv = g * T(0.5) * (sd * sd - T(1));
+}
+template <typename T>
+VAE_HD void kl_std_normal_grad(T mu, T lv, T g, T& dmu, T& dlv) {
+  kl_std_normal_grad_sd(mu, std_from_logvar(lv), g, dmu, dlv);
 }
 // The term and its unscaled d/dlv = (e^lv - 1) / 2 from one exponential (the CPU forward that also
 // returns the gradient): g times dlv_unit equals kl_std_normal_grad's dlv bit for bit, since the
 // halving is exact.
 template <typename T>
 VAE_HD T kl_std_normal_and_grad(T mu, T lv, T& dlv_unit) {
-  const T e = fast_exp(lv);
-  dlv_unit = T(0.5) * (e - T(1));
-  return T(0.5) * (e + mu * mu - T(1) - lv);
+  const T sd = std_from_logvar(lv);
+  dlv_unit = T(0.5) * (sd * sd - T(1));
+  return kl_std_normal_sd(mu, lv, sd);
 }
 
 // KL(N(mu, e^lv) || N(pmu, e^plv)) = (plv - lv + e^(lv - plv) + (mu - pmu)^2 e^-plv - 1) / 2

@@ -128,7 +128,8 @@ def normals(rng_state: torch.Tensor, first: int, count: int) -> torch.Tensor:
 
 
 def _kl_std_normal_terms(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (torch.exp(logvar) + mu * mu - 1.0 - logvar)
+    sd = torch.exp(0.5 * logvar)  # e^logvar as sd^2, as the kernels take it (csrc/vae_math.h)
+    return 0.5 * (sd * sd + mu * mu - 1.0 - logvar)
 
 
 def reparameterize(mu, logvar, rng_state, n_samples=None):

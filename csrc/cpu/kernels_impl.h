@@ -222,7 +222,7 @@ void reparam_rows(const ReparamArgs& a, int64_t r0, int64_t r1) {
         const A l = to_acc(lv[j]);
         m[j] = to_acc(mu[j]);
         sd[j] = std_from_logvar(l);
-        if (WithKL) tmp[j] = kl_std_normal(m[j], l);
+        if (WithKL) tmp[j] = kl_std_normal_sd(m[j], l, sd[j]);  // the KL op's bits, from sd
       }
       for (int64_t k = 0; k < a.samples; ++k) {
         const int64_t first = k * plane + e0;
@@ -248,7 +248,7 @@ void reparam_rows(const ReparamArgs& a, int64_t r0, int64_t r1) {
         const A l = at<RowContig>(lv, c0 + j, a.v_logvar.col_stride);
         m[j] = at<RowContig>(mu, c0 + j, a.v_mu.col_stride);
         sd[j] = std_from_logvar(l);
-        if (WithKL) tmp[j] = kl_std_normal(m[j], l);
+        if (WithKL) tmp[j] = kl_std_normal_sd(m[j], l, sd[j]);  // the KL op's bits, from sd
       }
       if (WithKL) sum.add(tmp, n);
       for (int64_t k = 0; k < a.samples; ++k) {
@@ -281,10 +281,10 @@ inline void reparam_grads_out(const T* mu, int64_t s_mu, const T* lv, int64_t s_
   if (dlv) {
     if (gk) {
       for (int64_t j = 0; j < n; ++j) {
-        const A l = at<RowContig>(lv, j, s_lv);
+        const A sd = std_from_logvar(at<RowContig>(lv, j, s_lv));  // one exponential for both terms
         A kl_dmu, kl_dlv;
-        kl_std_normal_grad(at<RowContig>(mu, j, s_mu), l, gk[j], kl_dmu, kl_dlv);
-        dlv[j] = from_acc<T>(gse[j] * A(0.5) * std_from_logvar(l) + kl_dlv);
+        kl_std_normal_grad_sd(at<RowContig>(mu, j, s_mu), sd, gk[j], kl_dmu, kl_dlv);
+        dlv[j] = from_acc<T>(gse[j] * A(0.5) * sd + kl_dlv);
       }
     } else {
       for (int64_t j = 0; j < n; ++j)

@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 2 : 4) reparam_rows
               }
               if (kl) {
 #pragma unroll
-                for (int i = 0; i < 4; ++i) acc = add_rn(acc, kl_std_normal(in.m[i], in.l[i]));  // as gaussian_kl.cu:
+                for (int i = 0; i < 4; ++i) acc = add_rn(acc, kl_std_normal_sd(in.m[i], in.l[i], s[i]));  // as gaussian_kl.cu:
                 // the same expression, so the same code (tests/test_reparameterize.py checks the bits agree)
               }
             });
@@ -96,11 +96,12 @@ __global__ void reparam_forward_kernel(ReparamArgs a) {
 // The gradients of one element or quad from its upstream sums: gsum = sum_k dz, gse = sum_k dz * eps.
 template <typename A>
 __device__ __forceinline__ void reparam_grads(A m, A l, A gsum, A gse, const A* grad_kl, A& dmu, A& dlv) {
+  const A sd = std_from_logvar(l);  // one exponential for both terms
   dmu = gsum;
-  dlv = gse * A(0.5) * std_from_logvar(l);
+  dlv = gse * A(0.5) * sd;
   if (grad_kl) {
     A kl_dmu, kl_dlv;
-    kl_std_normal_grad(m, l, *grad_kl, kl_dmu, kl_dlv);
+    kl_std_normal_grad_sd(m, sd, *grad_kl, kl_dmu, kl_dlv);
     dmu = add_rn(dmu, kl_dmu);  // two roundings, as the CPU kernels (no FMA across the sum)
     dlv = add_rn(dlv, kl_dlv);
   }
