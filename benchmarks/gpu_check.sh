@@ -13,6 +13,10 @@
 #   STAGES="build bench" BENCH_ARGS="--shapes large xlarge --dtypes bfloat16 float32 --ops sample sample+kl kl \
 #     bernoulli bernoulli-u8 --modes fwd fwd+bwd --train --no-binding" bash benchmarks/gpu_check.sh
 #   # (fwd beside fwd+bwd splits each op's time between its forward and backward kernels)
+#   # each kernel's device time alone at the large shapes against a copy, and, where Nsight Compute runs,
+#   # its issue and memory utilization for the sampling kernels (~1 minute; not in the default stages,
+#   # which bring back the 8 files the device tool returns):
+#   STAGES="build kernels" bash benchmarks/gpu_check.sh
 # The build is incremental (ninja), so a second call on the same machine skips it in seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -108,6 +112,26 @@ if has bench; then
   timeout 330 "$py" -m vaecuda.bench --device cuda "${bench_args[@]}" --out "$out" 2>&1 \
     | tee "$out/gpu_bench.txt" | tail -n 8
   stamp bench $?
+fi
+
+if has kernels; then
+  echo "== each kernel alone (device time against a copy), then the sampling kernels under ncu"
+  timeout 120 "$py" benchmarks/kernel_times.py 2>&1 | tee "$out/gpu_kernels.txt" | tail -n 30
+  stamp kernels $?
+  if command -v ncu >/dev/null; then
+    metrics=sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed
+    metrics=$metrics,smsp__issue_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active
+    metrics=$metrics,launch__registers_per_thread,smsp__inst_executed.sum
+    for k in "sample fwd" "sample bwd" "sample+kl fwd" "sample+kl bwd"; do
+      # the warm-up's 3 launches skipped: the 4th, timed, launch of that kernel at B=65536, D=1024
+      echo "-- ncu: $k" | tee -a "$out/gpu_kernels.txt"
+      timeout 90 ncu --kernel-name regex:reparam --launch-skip 3 --launch-count 1 --metrics "$metrics" \
+        "$py" benchmarks/kernel_times.py --only "$k" --shapes 65536x1024 --dtypes float32 --reps 1 --rounds 1 2>&1 \
+        | grep -E "reparam|gaussian|kl_|\.pct_|registers|inst_executed|ERR|rror" | tee -a "$out/gpu_kernels.txt"
+    done
+  else
+    echo "ncu is not on PATH here: device times only"
+  fi
 fi
 
 if has train; then

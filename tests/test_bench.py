@@ -3,6 +3,8 @@ benchmark of disagreeing providers, the result files. No timing is asserted."""
 
 import csv
 import json
+import os
+import sys
 
 import pytest
 import torch
@@ -157,3 +159,20 @@ def test_plan_has_both_binding_floors():
     assert [c.work for c in cases] == ["binding path", "binding path (pixels)"]
     assert cases[0].wrt["vaecuda _scale"][0].shape == (128, 32)
     assert cases[1].wrt["vaecuda _scale"][0].shape == (128, 784)
+
+
+def test_kernel_times_script_runs_every_kernel(capsys, monkeypatch):
+    """benchmarks/kernel_times.py (gpu_check.sh's kernels stage) calls each op's forward and backward
+    directly: a smoke run on the CPU keeps its calls in step with the op schemas."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "kernel_times.py")
+    spec = importlib.util.spec_from_file_location("kernel_times", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(sys, "argv", ["kernel_times.py", "--device", "cpu", "--shapes", "8x12", "--dtypes", "float32",
+                                      "bfloat16", "--reps", "1", "--rounds", "1"])
+    mod.main()
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    names = ["sample fwd", "sample bwd", "sample+kl fwd", "sample+kl bwd", "kl fwd", "kl bwd", "copy"]
+    assert [" ".join(r[2:-3]) for r in rows] == names * 2
+    assert all(float(r[-3]) > 0 for r in rows) and [r[-1] for r in rows if r[2] == "copy"] == ["100%"] * 2
