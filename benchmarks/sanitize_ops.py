@@ -29,8 +29,8 @@ def main(dev="cuda", dtypes=("float32", "float64", "bfloat16", "float16")):
     g = torch.Generator(device=dev).manual_seed(0)
     count = 0
     for dtype in (getattr(torch, name) for name in dtypes):
-        # widths: multiples of 4 (quads, vector loads) and not, for 8 lanes, a warp and a block per row
-        for rows, width in ((7, 3), (33, 20), (17, 32), (5, 131), (6, 784), (9, 797), (4, 1024), (3, 3072),
+        # widths: multiples of 4 (quads, vector loads) and not, for 8 and 16 lanes, a warp and a block per row
+        for rows, width in ((7, 3), (33, 20), (17, 32), (11, 64), (5, 131), (6, 784), (9, 797), (4, 1024), (3, 3072),
                             (2, 12288), (3, 12291)):
             def make(*shape):
                 return torch.randn(*shape, generator=g, device=dev).to(dtype).requires_grad_()

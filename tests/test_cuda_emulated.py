@@ -2,7 +2,7 @@
 emulation of the few CUDA features they use (tests/cuda_emu/cuda_runtime.h: one thread per CUDA
 thread, blocks one after another, __syncthreads and warp shuffles by barriers), then checked by
 tests/cuda_emu/driver.cpp against plain loops over the same math: every kernel, row widths that take
-8 lanes, a warp or a block per row, widths that are and are not multiples of 4, four layouts, K
+8 or 16 lanes, a warp or a block per row, widths that are and are not multiples of 4, four layouts, K
 samples, the noise's flat-index keying and bit-equal results across layouts.
 
 It proves indexing, reductions and synchronization, not the device's arithmetic, memory model or

@@ -122,11 +122,12 @@ __device__ __forceinline__ void store_quad(T* row, int64_t j, int64_t cols, bool
 __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
 
-// Row kernels give each row `lanes` threads: 8 (a sub-warp, rows of up to 32 columns), 32 (a warp, up
-// to 1024) or the whole block (wider rows). Lane l takes quads l, l + lanes, ... in order.
+// Row kernels give each row `lanes` threads: 8 or 16 (a sub-warp, rows of up to 32 or 64 columns, so
+// that latent widths like 64 leave no lane idle), 32 (a warp, up to 1024) or the whole block (wider
+// rows). Lane l takes quads l, l + lanes, ... in order.
 inline int lanes_per_row(int64_t cols) {
   const int64_t quads = (cols + 3) / 4;
-  return quads <= 8 ? 8 : quads <= 256 ? 32 : kThreads;
+  return quads <= 8 ? 8 : quads <= 16 ? 16 : quads <= 256 ? 32 : kThreads;
 }
 inline unsigned int row_blocks(int64_t rows, int lanes) { return blocks_for(rows, kThreads / lanes); }
 

@@ -110,11 +110,11 @@ __device__ __forceinline__ void reparam_grads(A m, A l, A gsum, A gse, const A* 
 // The backward as a row kernel like the forward (no row sum): each lane walks its quads of a row, one
 // quad's loads ahead, and draws one Philox group per quad and sample. KL: a KL gradient comes back
 // (sample+KL), so mu is read too; One: one sample. Template flags, so that the common loops hold no
-// registers for what they do not do. Launch bounds: one sample keeps 4 blocks of 256 threads per SM
-// (<= 64 registers a thread; 2 for float64), K samples are given room (2; 1 for float64), the bounds
-// at which ptxas spills nothing (sm_80, sm_90).
+// registers for what they do not do. Launch bounds, blocks of 256 threads per SM: one sample 4 (<= 64
+// registers a thread), K samples 3 (<= 80) or, with a KL gradient, 2; float64 2, or 1 for K samples:
+// the tightest at which ptxas spills nothing (sm_80, sm_90).
 template <typename T, bool KL, bool One>
-__global__ void __launch_bounds__(kThreads, One ? (sizeof(T) == 8 ? 2 : 4) : (sizeof(T) == 8 ? 1 : 2))
+__global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? (One ? 2 : 1) : One ? 4 : KL ? 2 : 3)
     reparam_backward_rows(ReparamBackwardArgs b, ReparamPlan plan) {
   using A = typename Acc<T>::type;
   const ReparamArgs& a = b.in;

@@ -1,5 +1,5 @@
 // Runs the vaecuda CUDA kernels under a CPU emulation (cuda_runtime.h beside this file) against plain
-// loops over the same math (vae_math.h): every kernel, widths for 8 lanes / a warp / a block per row,
+// loops over the same math (vae_math.h): every kernel, widths for 8 / 16 lanes, a warp, a block per row,
 // multiples of 4 and not, four layouts, K samples, float32 throughout and bfloat16 logits/latents with
 // uint8 targets for the 8- and 4-byte vector loads. tests/test_cuda_emulated.py builds and runs it.
 #include "gaussian_kl.cu"
@@ -65,7 +65,7 @@ int main() {
       CHECK(out[i] == normal_group(uint64_t(-5), 7, n >> 2).v[n & 3], "normals %ld", i);
     }
   }
-  const int64_t widths[] = {3, 20, 32, 36, 131, 784, 1030, 3072};
+  const int64_t widths[] = {3, 20, 32, 36, 64, 131, 784, 1030, 3072};
   for (int64_t cols : widths) {
     const int64_t rows = cols > 1000 ? 3 : 9;
     const auto mu = randv(rows * cols, g), lv = randv(rows * cols, g);
@@ -132,9 +132,10 @@ int main() {
         CHECK(d[0][e] == w[0] && d[1][e] == w[1] && d[2][e] == w[2] && d[3][e] == w[3], "kl prior bwd cols %ld", cols);
       }
     }
-    // ---- sampling, K = 1 and 3, with and without KL, layouts 0-2; then the backward
+    // ---- sampling, K = 1 and 3, with and without KL, layouts 0-3 (3: every row is row 0); then the backward
     for (int64_t K : {1, 3}) {
-      for (int layout = 0; layout < 3; ++layout) {
+      for (int layout = 0; layout < 4; ++layout) {
+        const auto src = [&](int64_t p) { return layout == 3 ? p % cols : p; };  // the input element of z's p
         Mat m(mu, rows, cols, layout), l(lv, rows, cols, layout);
         std::vector<float> z(K * rows * cols, -9.f), kl(rows, -9.f);
         ReparamArgs a; a.rows = rows; a.cols = cols; a.samples = K; a.seed = 1234567; a.offset = 42;
@@ -144,7 +145,7 @@ int main() {
         for (int64_t e = 0; e < K * plane; ++e) {
           const int64_t p = e % plane;
           const float eps = normal_group(a.seed, a.offset, e >> 2).v[e & 3];
-          const float want = mu[p] + std_from_logvar(lv[p]) * eps;
+          const float want = mu[src(p)] + std_from_logvar(lv[src(p)]) * eps;
           CHECK(z[e] == want, "z cols %ld K %ld layout %d e %ld: %g vs %g", cols, K, layout, e, z[e], want);
         }
         {  // the key read from a device-side rng_state (as captured graphs use it) gives the same z
@@ -154,6 +155,13 @@ int main() {
           d.z = z2.data(); d.kl = kl2.data();
           cuda::launch(d, nullptr);
           CHECK(std::memcmp(z.data(), z2.data(), z.size() * 4) == 0, "z from rng_state differs, cols %ld", cols);
+        }
+        {  // plain sampling (no KL asked) gives the same z
+          ReparamArgs d = a; d.kl = nullptr;
+          std::vector<float> z3(z.size(), -9.f);
+          d.z = z3.data();
+          cuda::launch(d, nullptr);
+          CHECK(std::memcmp(z.data(), z3.data(), z.size() * 4) == 0, "z without KL differs, cols %ld layout %d", cols, layout);
         }
         // the KL equals the KL kernel's bits
         std::vector<float> klk(rows);
@@ -181,14 +189,28 @@ int main() {
             const int64_t e = k * plane + p;
             gs += gz[e]; ge += gz[e] * normal_group(a.seed, a.offset, e >> 2).v[e & 3];
           }
-          float km, kv; kl_std_normal_grad(mu[p], lv[p], gkl[p / cols], km, kv);
-          const float zm = gs, zv = ge * 0.5f * std_from_logvar(lv[p]), wm = zm + km, wv = zv + kv;
+          float km, kv; kl_std_normal_grad(mu[src(p)], lv[src(p)], gkl[p / cols], km, kv);
+          const float zm = gs, zv = ge * 0.5f * std_from_logvar(lv[src(p)]), wm = zm + km, wv = zv + kv;
           CHECK(close(dmu[p], wm) && close(dlv[p], wv),
                 "reparam bwd cols %ld K %ld layout %d p %ld: %g %g vs %g %g", cols, K, layout, p, dmu[p], dlv[p], wm, wv);
           CHECK(close(dmu_z[p], zm) && close(dlv_z[p], zv),
                 "reparam bwd, no KL grad, cols %ld K %ld layout %d p %ld: %g %g vs %g %g", cols, K, layout, p, dmu_z[p], dlv_z[p], zm, zv);
           CHECK(dmu_kl[p] == km && dlv_kl[p] == kv,
                 "reparam bwd, KL grad only, cols %ld K %ld layout %d p %ld: %g %g vs %g %g", cols, K, layout, p, dmu_kl[p], dlv_kl[p], km, kv);
+        }
+        {  // one output wanted (d mu or d logvar alone), and grad_z read through a column stride of 2: same bits
+          std::vector<float> only_mu(plane, -7.f), only_lv(plane, -7.f), s_mu(plane, -7.f), s_lv(plane, -7.f);
+          ReparamBackwardArgs b1 = b; b1.d_logvar = nullptr; b1.d_mu = only_mu.data();
+          cuda::launch(b1, nullptr);
+          ReparamBackwardArgs b2 = b; b2.d_mu = nullptr; b2.d_logvar = only_lv.data();
+          cuda::launch(b2, nullptr);
+          Mat G(gz, K * rows, cols, 1);
+          ReparamBackwardArgs b3 = b; b3.grad_z = G.base; b3.v_grad_z = G.v; b3.d_mu = s_mu.data(); b3.d_logvar = s_lv.data();
+          cuda::launch(b3, nullptr);
+          CHECK(std::memcmp(only_mu.data(), dmu.data(), plane * 4) == 0 && std::memcmp(only_lv.data(), dlv.data(), plane * 4) == 0,
+                "reparam bwd, one output, cols %ld K %ld layout %d", cols, K, layout);
+          CHECK(std::memcmp(s_mu.data(), dmu.data(), plane * 4) == 0 && std::memcmp(s_lv.data(), dlv.data(), plane * 4) == 0,
+                "reparam bwd, strided grad_z, cols %ld K %ld layout %d", cols, K, layout);
         }
       }
     }
