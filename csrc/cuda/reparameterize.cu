@@ -26,8 +26,11 @@ struct QuadIn {
   A m[4], l[4], g[4];  // mu, logvar; the backward's upstream gradient of sample 0
 };
 
+// Launch bounds: 4 blocks of 256 threads per SM (<= 64 registers a thread; 2 for float64), at which
+// ptxas spills nothing (sm_80, sm_90).
 template <typename T>
-__global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 2 : 4) reparam_rows_kernel(ReparamArgs a, ReparamPlan plan) {
+__global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 2 : 4)
+    reparam_rows_kernel(ReparamArgs a, ReparamPlan plan) {
   using A = typename Acc<T>::type;
   uint64_t seed, offset;
   stream_key(a, seed, offset);
