@@ -89,8 +89,7 @@ def main():
                 raise SystemExit(f"--only {args.only!r}: no such kernel")
             rows = [(name, min(timed(fn, args.reps, device) for _ in range(args.rounds)), nbytes)
                     for name, fn, nbytes in todo]
-            copy = [rate for rate in (n / us for name, us, n in rows if name == "copy")]
-            copy_rate = copy[0] if copy else float("nan")  # bytes per µs
+            copy_rate = next((n / us for name, us, n in rows if name == "copy"), float("nan"))  # bytes per µs
             for name, us, nbytes in rows:
                 rate = nbytes / us
                 print(f"{str(dtype).replace('torch.', ''):9s} {shape:11s} {name:14s} {us:9.1f} "

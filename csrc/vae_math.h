@@ -310,7 +310,8 @@ VAE_HD T std_from_logvar(T logvar) {
 // e^lv is taken as sd^2, sd = e^(lv / 2) the standard deviation sampling computes anyway: sample+KL
 // (both directions) then needs one exponential per element instead of two, and the KL op, which
 // computes sd the same way, gives sample+KL's KL bit for bit. (In float, sd^2 is within 3 ulp of the
-// correctly rounded e^lv, fast_exp(lv) within 1; both overflow and underflow where e^lv does.) The _sd forms take an sd already computed.
+// correctly rounded e^lv, fast_exp(lv) within 1; both overflow and underflow where e^lv does.) The _sd
+// forms take an sd already computed.
 template <typename T>
 VAE_HD T kl_std_normal_sd(T mu, T lv, T sd) {
   return T(0.5) * (sd * sd + mu * mu - T(1) - lv);

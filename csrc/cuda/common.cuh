@@ -187,8 +187,8 @@ __device__ __forceinline__ void pipelined_quads(int64_t first, int64_t end, int6
   }
 }
 
-// The quad loop of the backward kernels (cols % 4 == 0, so a quad never straddles rows): one thread per
-// quad, grid-stride; body(r, j) gets the quad's row and first column.
+// The quad loop of the KL and Bernoulli backward kernels (cols % 4 == 0, so a quad never straddles rows):
+// one thread per quad, grid-stride; body(r, j) gets the quad's row and first column.
 template <typename Body>
 __device__ __forceinline__ void for_each_quad(int64_t rows, int64_t cols, Body&& body) {
   const int64_t per_row = cols / 4, quads = rows * per_row;

@@ -63,8 +63,9 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 2 : 4)
               }
               if (kl) {
 #pragma unroll
-                for (int i = 0; i < 4; ++i) acc = add_rn(acc, kl_std_normal_sd(in.m[i], in.l[i], s[i]));  // as gaussian_kl.cu:
-                // the same expression, so the same code (tests/test_reparameterize.py checks the bits agree)
+                // as gaussian_kl.cu: the same function of the same sd, so the same bits
+                // (tests/test_reparameterize.py checks that they agree)
+                for (int i = 0; i < 4; ++i) acc = add_rn(acc, kl_std_normal_sd(in.m[i], in.l[i], s[i]));
               }
             });
         return acc;
