@@ -13,9 +13,11 @@
 #   STAGES="build bench" BENCH_ARGS="--shapes large xlarge --dtypes bfloat16 float32 --ops sample sample+kl kl \
 #     bernoulli bernoulli-u8 --modes fwd fwd+bwd --train --no-binding" bash benchmarks/gpu_check.sh
 #   # (fwd beside fwd+bwd splits each op's time between its forward and backward kernels)
-#   # each kernel's device time alone at the large shapes against a copy, and, where Nsight Compute runs,
-#   # its issue and memory utilization for the sampling kernels (~1 minute; not in the default stages,
-#   # which bring back the 8 files the device tool returns):
+#   # each kernel's device time alone at the large shapes against a copy, where Nsight Compute runs
+#   # the sampling kernels' issue and memory utilization, and the kernels each small step launches
+#   # (bench --launches, a run of its own: the profiler may leave CUPTI attached, slowing later
+#   # launches) (~2 minutes; not in the default stages, which bring back the 8 files the device tool
+#   # returns):
 #   STAGES="build kernels" bash benchmarks/gpu_check.sh
 # The build is incremental (ninja), so a second call on the same machine skips it in seconds.
 set -uo pipefail
@@ -132,6 +134,10 @@ if has kernels; then
   else
     echo "ncu is not on PATH here: device times only"
   fi
+  echo "-- kernel launches per step (small shapes, the training step)"
+  timeout 150 "$py" -m vaecuda.bench --device cuda --launches --shapes small --train mlp --out "$out" 2>&1 \
+    | tee -a "$out/gpu_kernels.txt" | sed -n '/^dtype/,$p'
+  stamp launches ${PIPESTATUS[0]}
 fi
 
 if has train; then

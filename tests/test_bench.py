@@ -176,3 +176,45 @@ def test_kernel_times_script_runs_every_kernel(capsys, monkeypatch):
     names = ["sample fwd", "sample bwd", "sample+kl fwd", "sample+kl bwd", "kl fwd", "kl bwd", "copy"]
     assert [" ".join(r[2:-3]) for r in rows] == names * 2
     assert all(float(r[-3]) > 0 for r in rows) and [r[-1] for r in rows if r[2] == "copy"] == ["100%"] * 2
+
+
+def test_paired_ratio_compares_round_by_round():
+    # a machine twice as slow in the second round slows both steps of it: the per-round ratio is 1.5
+    # both times, where the ratio of the medians would mix the rounds (1.5 * 1.0, 3.0 / 1.0 ...)
+    assert harness.paired_ratio([150.0, 300.0, 150.0], [100.0, 200.0, 100.0]) == 1.5
+    assert harness.paired_ratio([300.0, 150.0], [100.0, 200.0]) == (3.0 + 0.75) / 2
+
+
+def test_floors_run_right_after_vaecuda_and_give_paired_ratios():
+    kl = workloads.op_case("kl", "small", "fwd+bwd", torch.device("cpu"), torch.float32, False)
+    order = harness.round_order(kl)
+    assert order[order.index("vaecuda") + 1] == workloads.TRIVIAL_LATENTS and len(order) == len(set(order))
+    measured = harness.time_case(kl, torch.device("cpu"), rounds=3, target_s=1e-3)
+    assert measured["vaecuda"]["over_trivial_op"] > 0 and "over_trivial_op" not in measured["eager"]
+    rows = report.rows_of(kl, measured, copy_gbps=1.0, dtype="float32")
+    mine = next(r for r in rows if r["provider"] == "vaecuda")
+    assert mine["over_trivial_op"] == round(measured["vaecuda"]["over_trivial_op"], 3)
+    assert "launches" not in mine  # a timed run attaches no profiler (harness.count_launches)
+
+
+def test_launch_rows_and_table():
+    case = Case("kl", "small", "fwd+bwd", {"B": 4, "D": 8}, {}, {}, (), min_bytes=1000)
+    measured = {"eager": {"launches": 14}, "vaecuda": {"launches": 2}, workloads.TRIVIAL_LATENTS: {"launches": 2}}
+    rows = report.rows_of(case, measured, copy_gbps=1.0, dtype="float32")
+    assert all("GBps" not in r and "speedup_vs_eager" not in r and "over_trivial_op" not in r for r in rows)
+    text = report.tables(rows)
+    assert "kernels launched by one step" in text and text.splitlines()[2].split()[-3:] == ["14", "2", "2"]
+
+
+def test_launch_counting_needs_cuda():
+    with pytest.raises(SystemExit):
+        bench.parse(["--device", "cpu", "--launches"])
+
+
+def test_main_times_the_trivial_op_at_the_start_and_the_end(tmp_path, capsys):
+    rc = bench.main(["--device", "cpu", "--shapes", "small", "--ops", "kl", "--modes", "fwd", "--train",
+                     "--no-binding", "--rounds", "1", "--target-ms", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    meta = json.loads((tmp_path / "bench_cpu_quick.json").read_text())["meta"]
+    assert meta["trivial_us_start"] > 0 and meta["trivial_us_end"] > 0
+    assert "timed alone at the start and at the end of the run" in capsys.readouterr().out

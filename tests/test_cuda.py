@@ -191,3 +191,57 @@ def test_autocast_cuda(dtype):
     assert mu.dtype == z.dtype == dtype and kl.dtype == ll.dtype == kl2.dtype == torch.float32
     (kl - ll + kl2).sum().backward()
     assert torch.isfinite(lin.weight.grad).all() and learned_logvar.grad.dtype == torch.float32
+
+
+def _cuda_kernels(fn) -> list[str]:
+    """The kernels one call of fn launches on the GPU (torch.profiler; after a warm-up call)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def test_one_kernel_per_op_and_direction():
+    """Each fused op launches one kernel forward (as training runs it: grad mode on) and one backward.
+    The key is a tensor made beforehand: seed=None adds its draw, one kernel of torch's generator.
+    (Profiling may leave CUPTI attached to this process: a test of counts, not of times.)"""
+    mu = torch.randn(64, 32, device="cuda", requires_grad=True)
+    lv = torch.randn(64, 32, device="cuda", requires_grad=True)
+    logits = torch.randn(64, 784, device="cuda", requires_grad=True)
+    x = (torch.rand(64, 784, device="cuda") < 0.5).float()
+    state = vaecuda.rng_state(1, 0, "cuda")
+    g_z, g_rows = torch.randn(64, 32, device="cuda"), torch.randn(64, device="cuda")
+    ops = {
+        "sample": (lambda: (vaecuda.reparameterize(mu, lv, seed=state),), (mu, lv), (g_z,)),
+        "sample+kl": (lambda: vaecuda.reparameterize_with_kl(mu, lv, seed=state), (mu, lv), (g_z, g_rows)),
+        "kl": (lambda: (vaecuda.gaussian_kl(mu, lv),), (mu, lv), (g_rows,)),
+        "bernoulli": (lambda: (vaecuda.bernoulli_log_prob(logits, x),), (logits,), (g_rows,)),
+    }
+    for name, (forward, inputs, grads) in ops.items():
+        fwd = _cuda_kernels(forward)
+        assert len(fwd) == 1, f"{name} forward launched {fwd}"
+        held = []
+
+        def backward():
+            torch.autograd.grad(held.pop(), inputs, grads)
+        for _ in range(2):  # the warm-up's outputs, then the profiled call's, made outside the profile
+            held.insert(0, forward())
+        bwd = _cuda_kernels(backward)
+        assert len(bwd) == 1, f"{name} backward launched {bwd}"
+
+
+def test_bench_counts_launches_in_a_run_of_its_own(tmp_path):
+    import json
+
+    from vaecuda.bench import __main__ as bench
+    rc = bench.main(["--device", "cuda", "--launches", "--shapes", "small", "--ops", "kl", "sample+kl",
+                     "--modes", "fwd+bwd", "--train", "--no-binding", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / "bench_cuda_quick_launches.json").read_text())["rows"]
+    by = {(r["work"], r["provider"]): r for r in rows}
+    assert by[("kl", "vaecuda")]["launches"] == 2  # one kernel each way
+    assert by[("sample+kl", "vaecuda")]["launches"] == 3  # and the seed=None key's draw
+    assert all("median_us" not in r for r in rows)

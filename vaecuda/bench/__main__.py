@@ -77,11 +77,17 @@ def parse(argv=None):
     p.add_argument("--target-ms", type=float, help="time per timed loop of one provider")
     p.add_argument("--out", default="bench_results", help="folder for the JSON, CSV and PNG (default: %(default)s)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--launches", action="store_true",
+                   help="count each provider's kernel launches per step (CUDA, torch.profiler) instead of "
+                        "timing: the profiler can leave NVIDIA's CUPTI attached to the process, which slows "
+                        "later launches, so launches and times come from separate runs")
     args = p.parse_args(argv)
     suite = SUITES[args.suite]
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch sees no CUDA device")
+    if args.launches and args.device.type != "cuda":
+        p.error("--launches counts CUDA kernels: it needs --device cuda")
     if args.shapes is None:
         args.shapes = QUICK_CUDA_SHAPES if args.suite == "quick" and args.device.type == "cuda" else suite["shapes"]
     for name in ("ops", "modes", "train", "dtypes", "rounds", "target_ms"):
@@ -135,8 +141,15 @@ def main(argv=None) -> int:
         print(f"warning: vaecuda is running its reference ops on {device.type} "
               f"({info['devices'][device.type]['reason']}): these are not the fused kernels' numbers")
     meta["copy_GBps"] = round(harness.copy_bandwidth(device), 2)
+    # the trivial op at the start and at the end: a process that got slower over the run (e.g. a
+    # profiler's CUPTI left attached) shows as a difference between the two
+    floor = workloads.trivial_step((workloads.SHAPES["small"]["B"], workloads.SHAPES["small"]["D"]), device,
+                                   torch.float32) if vaecuda._backend._C is not None and not args.launches else None
+    if floor is not None:
+        meta["trivial_us_start"] = round(harness.floor_us(floor, device), 2)
     print(f"vaecuda {meta['vaecuda']} ({meta['backend']}) | torch {meta['torch']} | {meta['machine']} | "
-          f"{device} | {meta['threads']} threads | copy {meta['copy_GBps']} GB/s | {len(todo)} cases")
+          f"{device} | {meta['threads']} threads | copy {meta['copy_GBps']} GB/s | {len(todo)} cases"
+          + (" | kernel launches per step, no timing" if args.launches else ""))
 
     rows, refused = [], []
     start = time.perf_counter()
@@ -154,14 +167,22 @@ def main(argv=None) -> int:
             refused.append(str(e))
             print(f"\n{e}", file=sys.stderr)
             continue
-        measured = harness.time_case(case, device, args.rounds, args.target_ms / 1e3, first_calls)
+        if args.launches:
+            measured = harness.count_launches(case, device)
+        else:
+            measured = harness.time_case(case, device, args.rounds, args.target_ms / 1e3, first_calls)
         rows += report.rows_of(case, measured, meta["copy_GBps"], dtype)
         del case
     meta["seconds"] = round(time.perf_counter() - start, 1)
+    if floor is not None:
+        meta["trivial_us_end"] = round(harness.floor_us(floor, device), 2)
 
     print()
     print(report.tables(rows))
-    stem = f"bench_{device.type}_{args.suite}"
+    if floor is not None:
+        print(f"\nthe trivial op's fwd+bwd [B, D], timed alone at the start and at the end of the run: "
+              f"{meta['trivial_us_start']:.1f} and {meta['trivial_us_end']:.1f} µs")
+    stem = f"bench_{device.type}_{args.suite}" + ("_launches" if args.launches else "")
     written = report.write(args.out, stem, meta, rows)
     print(f"\n{len(rows)} rows in {meta['seconds']} s; wrote {', '.join(written)}")
     if refused:

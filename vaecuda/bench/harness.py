@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from .workloads import Case
+from .workloads import FLOORS, Case
 
 
 class ProviderMismatch(RuntimeError):
@@ -91,13 +91,33 @@ def quantile(xs, q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
+def round_order(case: Case) -> list[str]:
+    """Every provider and extra step, in the order each timed round runs them: the trivial-op floors
+    right after vaecuda, so that the two loops whose ratio is reported run back to back."""
+    names = [n for n in list(case.providers) + list(case.steps) if n not in FLOORS]
+    names = list(dict.fromkeys(names))
+    at = names.index("vaecuda") + 1 if "vaecuda" in names else len(names)
+    return names[:at] + [f for f in FLOORS if f in case.steps] + names[at:]
+
+
+def paired_ratio(xs, ys) -> float:
+    """The median over rounds of xs[i] / ys[i]: two steps timed in the same rounds compared round by
+    round, so that a machine slower in one round than in another slows both sides of that ratio."""
+    return statistics.median(x / y for x, y in zip(xs, ys))
+
+
+# the paired ratios time_case reports for vaecuda's step, by floor (see workloads.FLOORS)
+OVER_FLOOR = {FLOORS[0]: "over_trivial_op", FLOORS[1]: "over_same_size_op"}
+
+
 def time_case(case: Case, device: torch.device, rounds: int, target_s: float, first_calls=None) -> dict:
     """Per-provider measurements: host-inclusive µs per step (a loop of calls, then one sync, in
     `rounds` interleaved rounds so a noisy machine slows every provider alike), the time of compiled
-    providers' first calls (`first_calls`: those of the check) kept apart as compile time,
-    and on CUDA device µs (events around single steps after an L2 flush), peak memory and kernel
-    launches per step."""
-    names = list(case.providers) + [s for s in case.steps if s not in case.providers]
+    providers' first calls (`first_calls`: those of the check) kept apart as compile time, vaecuda's
+    step over each trivial-op floor timed beside it (paired_ratio), and on CUDA device µs (events
+    around single steps after an L2 flush) and peak memory. No profiler runs here: see
+    count_launches."""
+    names = round_order(case)
     steps = {name: make_step(case, name) for name in names}
     out = {name: {} for name in names}
     loops = {}
@@ -120,26 +140,42 @@ def time_case(case: Case, device: torch.device, rounds: int, target_s: float, fi
     samples = {name: [] for name in names}
     for _ in range(rounds):
         for name, step in steps.items():
-            n = loops[name]
-            sync(device)
-            t = time.perf_counter()
-            for _ in range(n):
-                step()
-            sync(device)
-            samples[name].append((time.perf_counter() - t) / n * 1e6)
+            samples[name].append(time_loop(step, loops[name], device))
     for name, xs in samples.items():
         out[name].update(median_us=statistics.median(xs), p20_us=quantile(xs, 0.2), p80_us=quantile(xs, 0.8))
         if device.type == "cuda":
             out[name].update(_cuda_extras(steps[name], device))
+    for floor, key in OVER_FLOOR.items():
+        if "vaecuda" in samples and floor in samples:
+            out["vaecuda"][key] = paired_ratio(samples["vaecuda"], samples[floor])
     return out
+
+
+def time_loop(step, n: int, device: torch.device) -> float:
+    """µs per call of n calls of step in a loop, then one sync."""
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync(device)
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def floor_us(step, device: torch.device, rounds: int = 5, target_s: float = 0.02) -> float:
+    """The median µs of one step over a few loops: the trivial op's time at the start and at the end
+    of a run, which shows whether the process itself got slower between them."""
+    for _ in range(3):
+        step()
+    n = max(2, min(10_000, int(target_s / max(time_loop(step, 1, device) * 1e-6, 1e-7))))
+    return statistics.median(time_loop(step, n, device) for _ in range(rounds))
 
 
 _FLUSH = {}
 
 
 def _cuda_extras(step, device, reps: int = 20) -> dict:
-    """Device time per step (events around one step, L2 flushed before each), peak memory above what
-    was allocated before the step, and kernels launched by one step."""
+    """Device time per step (events around one step, L2 flushed before each) and peak memory above
+    what was allocated before the step."""
     if device not in _FLUSH:  # bigger than any L2 (H100: 50 MB, H200: 60 MB)
         _FLUSH[device] = torch.empty(256 << 20, dtype=torch.uint8, device=device)
     flush = _FLUSH[device]
@@ -158,13 +194,27 @@ def _cuda_extras(step, device, reps: int = 20) -> dict:
     step()
     sync(device)
     peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
-        sync(device)
-    kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
     return {"device_us": statistics.median(times), "device_p20_us": quantile(times, 0.2),
-            "device_p80_us": quantile(times, 0.8), "peak_MB": round(peak, 3), "launches": kernels}
+            "device_p80_us": quantile(times, 0.8), "peak_MB": round(peak, 3)}
+
+
+def count_launches(case: Case, device: torch.device) -> dict:
+    """Kernels launched by one step of each provider, counted by torch.profiler on the GPU. Not part
+    of a timed run: the profiler attaches NVIDIA's CUPTI to the process, and Kineto leaves it attached
+    after profiling unless TEARDOWN_CUPTI=1 (pytorch/pytorch#144455), which would slow the launches
+    of every step timed after it."""
+    from torch.profiler import ProfilerActivity, profile
+    out = {}
+    for name in round_order(case):
+        step = make_step(case, name)
+        for _ in range(3):  # compiles and warms up, outside the profile
+            step()
+        sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            sync(device)
+        out[name] = {"launches": sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)}
+    return out
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, reps: int = 10) -> float:

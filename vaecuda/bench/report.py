@@ -19,7 +19,7 @@ def rows_of(case, measured: dict, copy_gbps: float, dtype: str) -> list[dict]:
         r = {"shape": case.shape, "dims": ",".join(f"{k}={v}" for k, v in case.dims.items()), "dtype": dtype,
              "work": case.work, "mode": case.mode, "provider": provider, "min_bytes": case.min_bytes}
         r.update({k: (round(v, 3) if isinstance(v, float) else v) for k, v in m.items()})
-        if case.min_bytes and provider not in FLOORS:
+        if case.min_bytes and provider not in FLOORS and "median_us" in m:
             r["GBps"] = round(case.min_bytes / m["median_us"] / 1e3, 3)
             r["copy_fraction"] = round(r["GBps"] / copy_gbps, 4)
             if "device_us" in m:
@@ -27,14 +27,16 @@ def rows_of(case, measured: dict, copy_gbps: float, dtype: str) -> list[dict]:
         rows.append(r)
     by = {r["provider"]: r for r in rows}
     for r in rows:  # how much faster vaecuda (and its CUDA graph) is than each baseline
-        if r["provider"] in ("vaecuda", "vaecuda-graph"):
+        if r["provider"] in ("vaecuda", "vaecuda-graph") and "median_us" in r:
             for base in BASELINES:
                 if base in by:
                     r[f"speedup_vs_{base}"] = round(by[base]["median_us"] / r["median_us"], 3)
     mine = by.get("vaecuda")
     for floor, key in ((TRIVIAL_LATENTS, "over_trivial_op"), (TRIVIAL_PIXELS, "over_same_size_op")):
-        if mine is not None and floor in by:  # vaecuda's step over the trivial op timed beside it
-            mine[key] = round(mine["median_us"] / by[floor]["median_us"], 3)
+        # vaecuda's step over the trivial op timed beside it: the median of the per-round ratios where
+        # the harness gives it (harness.paired_ratio), else the ratio of the medians
+        if mine is not None and floor in by and "median_us" in mine:
+            mine[key] = round(mine.get(key, mine["median_us"] / by[floor]["median_us"]), 3)
     return rows
 
 
@@ -51,7 +53,9 @@ def _fmt(v, width, digits=1):
 
 def tables(rows: list[dict]) -> str:
     """The ops and training steps, then the binding paths and each small op's cost over the trivial
-    op's (both timed in the same rounds)."""
+    op's (both timed in the same rounds); for a run that counted launches instead, their table."""
+    if rows and not any("median_us" in r for r in rows):
+        return launch_table(rows)
     main = [r for r in rows if not is_floor(r)]
     binding = [r for r in rows if r["work"].startswith("binding path")]
     out = [table(main)] if main else []
@@ -64,11 +68,27 @@ def tables(rows: list[dict]) -> str:
         text += "".join("\n  " + line for line in lines)
         if over:
             text += ("\n  vaecuda's small fwd+bwd steps over vaecuda's trivial op on [B, D], timed in the same "
-                     "rounds: " + ", ".join(over))
+                     "rounds (median of the per-round ratios): " + ", ".join(over))
         if same:
             text += "\n  ... over the trivial op on as many elements as the logits ([B, P]): " + ", ".join(same)
         out.append(text)
     return "\n\n".join(out)
+
+
+def launch_table(rows: list[dict]) -> str:
+    """Kernels launched per step, one line per case, one column per provider (and floor)."""
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    cases = {}
+    for r in rows:
+        cases.setdefault((r["dtype"], r["shape"], r["work"], r["mode"]), {})[r["provider"]] = r
+    head = f"{'dtype':<9}{'shape':<13}{'work':<22}{'mode':<8}" + "".join(f"{p[:15]:>16}" for p in providers)
+    lines = [head, "-" * len(head)]
+    for (dtype, shape, work, mode), by in cases.items():
+        lines.append(f"{dtype:<9}{shape:<13}{work[:21]:<22}{mode:<8}"
+                     + "".join(_fmt(by.get(p, {}).get("launches"), 16) for p in providers))
+    lines.append("kernels launched by one step of each provider (torch.profiler, after warm-up): a run of its "
+                 "own, apart from timed runs (see harness.count_launches).")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -116,7 +136,7 @@ def write(out_dir: str, stem: str, meta: dict, rows: list[dict]) -> list[str]:
         w.writeheader()
         w.writerows(rows)
     written = [base + ".json", base + ".csv"]
-    png = plot(base + ".png", meta, rows)
+    png = plot(base + ".png", meta, rows) if any("median_us" in r for r in rows) else None
     return written + ([png] if png else [])
 
 
