@@ -28,7 +28,11 @@ def test_samples_agree_with_cpu_kernels():
     mu, lv = torch.randn(300, 50, generator=g), torch.randn(300, 50, generator=g)
     a = vaecuda.reparameterize(mu, lv, n_samples=3, seed=9)
     b = vaecuda.reparameterize(mu.cuda(), lv.cuda(), n_samples=3, seed=9).cpu()
-    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)  # same noise bits; exp may differ in an ulp
+    # the same noise bits; sd = e^(logvar / 2) is the CPU's polynomial there and CUDA's expf here (each
+    # within 2 ulp of e^x), and the GPU fuses mu + sd * eps: z agrees to a few ulp of its two terms
+    # (z itself may be near 0, where they cancel)
+    err, terms = (a - b).abs(), mu.abs() + (a - mu).abs()
+    assert (err <= 1e-6 * terms).all(), f"worst |dz| / (|mu| + |sd eps|): {(err / terms).max():.3g}"
 
 
 def test_mismatched_devices_are_refused():
