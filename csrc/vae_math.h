@@ -147,9 +147,24 @@ struct F2 {
   float a, b;
 };
 
-// log(u) for normal floats u in (0, 1]: u = 2^e * m with m in [sqrt(1/2), sqrt(2)),
+// a * b + c for a product a * b that is exact (a power-of-two factor, or few enough significant bits
+// between the two): one FMA on the device, whose only rounding is then the add's, so the same bits as
+// the host's multiply and add.
+VAE_HD float fma_exact_product(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return add_rn(mul_rn(a, b), c);
+#endif
+}
+
+// -2 log(u) for normal floats u in (0, 1]: u = 2^e * m with m in [sqrt(1/2), sqrt(2)),
 // log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172, series to s^9 (error < 3e-9).
-VAE_HD float bm_log(float u) {
+// Computed as -2 times each term of e ln 2 + log m, the factor folded into the power-of-two
+// constants (-4 s, -2 ln 2): every intermediate is exactly -2 times the one of log u, so the result has
+// the bits of -2 * log(u) rounded step by step (what vaecuda/reference.py computes), with two
+// operations fewer.
+VAE_HD float bm_minus_2_log(float u) {
   const int32_t bits = float_bits(u);
   int32_t e = ((bits >> 23) & 0xFF) - 127;
   int32_t mbits = (bits & 0x007FFFFF) | 0x3F800000;  // m in [1, 2)
@@ -164,15 +179,14 @@ VAE_HD float bm_log(float u) {
   p = add_rn(mul_rn(p, z), 0x1.99999ap-3f);            // 1/5
   p = add_rn(mul_rn(p, z), 0x1.555556p-2f);            // 1/3
   p = add_rn(mul_rn(p, z), 1.0f);
-  const float logm = mul_rn(add_rn(s, s), p);
+  const float logm = mul_rn(mul_rn(s, -4.0f), p);      // -2 log m
   const float ef = static_cast<float>(e);              // |e| <= 33: exact
   // e ln 2 with ln 2 split in two floats, the high part short enough that e * hi is exact
-  return add_rn(mul_rn(ef, 0x1.62e4p-1f), add_rn(mul_rn(ef, 0x1.7f7d1cp-20f), logm));
+  return fma_exact_product(ef, -0x1.62e4p+0f, add_rn(mul_rn(ef, -0x1.7f7d1cp-19f), logm));
 }
 
-// (cos, sin) of x * pi / 2 for x in [0, 1/2], Taylor series in y = x * pi / 2 (error < 3e-9).
-VAE_HD F2 bm_cos_sin_quarter(float x) {
-  const float y = mul_rn(x, 0x1.921fb6p+0f);  // pi / 2
+// (cos, sin) of y = x * pi / 2 for x in [0, 1/2], given y; Taylor series in y (error < 3e-9).
+VAE_HD F2 bm_cos_sin_quarter(float y) {
   const float y2 = mul_rn(y, y);
   float s = 0x1.71de3ap-19f;                           //  1/9!
   s = add_rn(mul_rn(s, y2), -0x1.a01a02p-13f);         // -1/7!
@@ -190,12 +204,17 @@ VAE_HD F2 bm_cos_sin_quarter(float x) {
 }
 
 VAE_HD F2 box_muller(uint32_t a, uint32_t b) {
-  const float u = add_rn(mul_rn(u32_to_float_rn(a), 0x1p-32f), 0x1p-33f);
-  const float r = sqrt_rn(mul_rn(-2.0f, bm_log(u)));
+  const float u = fma_exact_product(u32_to_float_rn(a), 0x1p-32f, 0x1p-33f);
+  const float r = sqrt_rn(bm_minus_2_log(u));
   const uint32_t quadrant = b >> 30;
-  const float t = mul_rn(static_cast<float>((b >> 6) & 0x00FFFFFFu), 0x1p-24f);  // [0, 1), exact
-  const bool upper = t > 0.5f;               // reflect: cos(pi/2 t) = sin(pi/2 (1 - t)), 1 - t exact
-  const F2 cs = bm_cos_sin_quarter(upper ? sub_rn(1.0f, t) : t);
+  // t = i / 2^24 in [0, 1), the next 24 bits of b; reflected to 1 - t above 1/2, where
+  // cos(pi/2 t) = sin(pi/2 (1 - t)). Both in whole units of 2^-24 (exact integers, exact floats), so
+  // y = j * (pi/2 * 2^-24) is the product t * pi/2 (or (1 - t) * pi/2) rounded once, as the reference
+  // computes it, with the scaling by 2^-24 folded into the constant.
+  const int32_t i = static_cast<int32_t>((b >> 6) & 0x00FFFFFFu);
+  const bool upper = i > 0x00800000;
+  const float y = mul_rn(static_cast<float>(upper ? 0x01000000 - i : i), 0x1.921fb6p-24f);
+  const F2 cs = bm_cos_sin_quarter(y);
   // Rotate by quadrant * pi / 2: (c, s) -> (c, s), (-s, c), (-c, -s), (s, -c). The reflection and an
   // odd quadrant each swap the pair; the signs are flipped on the bits (exact), so the vectorized
   // CPU loop needs two selects instead of a cascade per output.
