@@ -3,7 +3,9 @@
 //
 // This header is the single home of that math. The CPU kernels (csrc/cpu) and the CUDA kernels
 // (csrc/cuda) both call these functions, so the two backends cannot drift apart; vaecuda/reference.py
-// spells out the same math in torch ops as the test oracle.
+// spells out the same math in torch ops as the test oracle. Where a function branches on
+// __CUDA_ARCH__ it says why: the correctly rounded intrinsics (same bits), a fused multiply-add whose
+// product is exact (same bits), and sampling's standard deviation (CUDA's expf: a few ulp).
 //
 // It depends on nothing but the C++ standard library, so the CPU kernels can compile it once per
 // instruction set (see csrc/cpu/isa_*.cpp) without dragging torch's headers into those units.
@@ -320,12 +322,12 @@ VAE_HD double log1p_unit(double e) { return ::log1p(e); }
 // ---------------------------------------------------------------------------------------------------
 // Reparameterized sampling: z = mu + exp(logvar / 2) * eps.
 // On the device, float takes CUDA's expf (within 2 ulp of e^x: the bound the CUDA Programming Guide
-// gives; ~9 instructions per element in nvcc 13.0's SASS for sm_90, on the special function unit's 2^x) where the
-// CPU's polynomial costs ~24: the sampling kernels are short of issue slots more than of bytes (see
-// csrc/cuda/reparameterize.cu), and this exponential runs for every element in each direction. The
-// noise does not depend on it, so it stays bit-equal across devices; sd, and with it z and the KL,
-// agree with the CPU's to a few ulp. Special values (inf, NaN, underflow to 0) are expf's, the same
-// as fast_exp's. float64 takes the C library on both.
+// gives; ~9.5 instructions per element in nvcc 13.0's SASS for sm_90, on the special function unit's
+// 2^x) where the CPU's polynomial costs ~24. The sampling kernels' issue time (counted in SASS) is
+// close to their memory time, so instructions count there, and this exponential runs for every
+// element in each direction. The noise does not depend on it, so it stays bit-equal across devices;
+// sd, and with it z and the KL, agree with the CPU's to a few ulp. Special values (inf, NaN,
+// underflow to 0) are expf's, the same as fast_exp's. float64 takes the C library on both.
 template <typename T>
 VAE_HD T std_from_logvar(T logvar) {
 #if defined(__CUDA_ARCH__)
@@ -339,9 +341,9 @@ VAE_HD T std_from_logvar(T logvar) {
 // KL(N(mu, e^lv) || N(0, 1)) = (e^lv + mu^2 - 1 - lv) / 2
 // e^lv is taken as sd^2, sd = e^(lv / 2) the standard deviation sampling computes anyway: sample+KL
 // (both directions) then needs one exponential per element instead of two, and the KL op, which
-// computes sd the same way, gives sample+KL's KL bit for bit. (In float, sd^2 is within 3 ulp of the
-// correctly rounded e^lv, fast_exp(lv) within 1; both overflow and underflow where e^lv does.) The _sd
-// forms take an sd already computed.
+// computes sd the same way, gives sample+KL's KL bit for bit. (In float on the CPU, sd^2 is within 3 ulp
+// of the correctly rounded e^lv, fast_exp(lv) within 1; on the GPU, with expf's sd, a few ulp more; both
+// overflow and underflow where e^lv does.) The _sd forms take an sd already computed.
 template <typename T>
 VAE_HD T kl_std_normal_sd(T mu, T lv, T sd) {
   return T(0.5) * (sd * sd + mu * mu - T(1) - lv);

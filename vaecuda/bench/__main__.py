@@ -86,7 +86,7 @@ def parse(argv=None):
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch sees no CUDA device")
-    if args.launches and args.device.type != "cuda":
+    if args.launches and args.device.type != "cuda" and not args.list:
         p.error("--launches counts CUDA kernels: it needs --device cuda")
     if args.shapes is None:
         args.shapes = QUICK_CUDA_SHAPES if args.suite == "quick" and args.device.type == "cuda" else suite["shapes"]

@@ -200,9 +200,9 @@ def _cuda_extras(step, device, reps: int = 20) -> dict:
 
 def count_launches(case: Case, device: torch.device) -> dict:
     """Kernels launched by one step of each provider, counted by torch.profiler on the GPU. Not part
-    of a timed run: the profiler attaches NVIDIA's CUPTI to the process, and Kineto leaves it attached
-    after profiling unless TEARDOWN_CUPTI=1 (pytorch/pytorch#144455), which would slow the launches
-    of every step timed after it."""
+    of a timed run: the profiler attaches NVIDIA's CUPTI to the process, and Kineto has left it
+    attached after profiling unless TEARDOWN_CUPTI=1 (pytorch/pytorch#144455), which would slow the
+    launches of every step timed after it."""
     from torch.profiler import ProfilerActivity, profile
     out = {}
     for name in round_order(case):
