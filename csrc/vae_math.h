@@ -210,9 +210,9 @@ VAE_HD F2 box_muller(uint32_t a, uint32_t b) {
   const float r = sqrt_rn(bm_minus_2_log(u));
   const uint32_t quadrant = b >> 30;
   // t = i / 2^24 in [0, 1), the next 24 bits of b; reflected to 1 - t above 1/2, where
-  // cos(pi/2 t) = sin(pi/2 (1 - t)). Both in whole units of 2^-24 (exact integers, exact floats), so
-  // y = j * (pi/2 * 2^-24) is the product t * pi/2 (or (1 - t) * pi/2) rounded once, as the reference
-  // computes it, with the scaling by 2^-24 folded into the constant.
+  // cos(pi/2 t) = sin(pi/2 (1 - t)). Both are whole numbers of 2^-24 (exact integers, exact floats), so
+  // that number times (pi/2 * 2^-24) is the product t * pi/2 (or (1 - t) * pi/2) rounded once, as the
+  // reference computes it, with the scaling by 2^-24 folded into the constant.
   const int32_t i = static_cast<int32_t>((b >> 6) & 0x00FFFFFFu);
   const bool upper = i > 0x00800000;
   const float y = mul_rn(static_cast<float>(upper ? 0x01000000 - i : i), 0x1.921fb6p-24f);
