@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from .workloads import FLOORS, Case
+from .workloads import FLOORS, OVER_FLOOR, Case
 
 
 class ProviderMismatch(RuntimeError):
@@ -106,10 +106,6 @@ def paired_ratio(xs, ys) -> float:
     return statistics.median(x / y for x, y in zip(xs, ys))
 
 
-# the paired ratios time_case reports for vaecuda's step, by floor (see workloads.FLOORS)
-OVER_FLOOR = {FLOORS[0]: "over_trivial_op", FLOORS[1]: "over_same_size_op"}
-
-
 def time_case(case: Case, device: torch.device, rounds: int, target_s: float, first_calls=None) -> dict:
     """Per-provider measurements: host-inclusive µs per step (a loop of calls, then one sync, in
     `rounds` interleaved rounds so a noisy machine slows every provider alike), the time of compiled
@@ -129,12 +125,7 @@ def time_case(case: Case, device: torch.device, rounds: int, target_s: float, fi
         first = time.perf_counter() - t
         for _ in range(2):
             step()
-        sync(device)
-        t = time.perf_counter()
-        step()
-        sync(device)
-        once = max(time.perf_counter() - t, 1e-7)
-        loops[name] = max(2, min(10_000, int(target_s / once)))
+        loops[name] = loop_length(step, device, target_s)
         if name in case.compiled:  # compiling for the check's fixed noise, then for the timed steps
             out[name]["compile_s"] = round(first + (first_calls or {}).get(name, 0.0), 3)
     samples = {name: [] for name in names}
@@ -161,12 +152,18 @@ def time_loop(step, n: int, device: torch.device) -> float:
     return (time.perf_counter() - t) / n * 1e6
 
 
+def loop_length(step, device: torch.device, target_s: float) -> int:
+    """How many calls of a warmed-up step make a timed loop of about target_s (from one call timed)."""
+    once = max(time_loop(step, 1, device) * 1e-6, 1e-7)
+    return max(2, min(10_000, int(target_s / once)))
+
+
 def floor_us(step, device: torch.device, rounds: int = 5, target_s: float = 0.02) -> float:
     """The median µs of one step over a few loops: the trivial op's time at the start and at the end
     of a run, which shows whether the process itself got slower between them."""
     for _ in range(3):
         step()
-    n = max(2, min(10_000, int(target_s / max(time_loop(step, 1, device) * 1e-6, 1e-7))))
+    n = loop_length(step, device, target_s)
     return statistics.median(time_loop(step, n, device) for _ in range(rounds))
 
 

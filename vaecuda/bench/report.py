@@ -7,7 +7,7 @@ import csv
 import json
 import os
 
-from .workloads import FLOORS, TRIVIAL_LATENTS, TRIVIAL_PIXELS
+from .workloads import FLOORS, OVER_FLOOR
 
 BASELINES = ("eager", "compile")
 
@@ -32,7 +32,7 @@ def rows_of(case, measured: dict, copy_gbps: float, dtype: str) -> list[dict]:
                 if base in by:
                     r[f"speedup_vs_{base}"] = round(by[base]["median_us"] / r["median_us"], 3)
     mine = by.get("vaecuda")
-    for floor, key in ((TRIVIAL_LATENTS, "over_trivial_op"), (TRIVIAL_PIXELS, "over_same_size_op")):
+    for floor, key in OVER_FLOOR.items():
         # vaecuda's step over the trivial op timed beside it: the median of the per-round ratios where
         # the harness gives it (harness.paired_ratio), else the ratio of the medians
         if mine is not None and floor in by and "median_us" in mine:

@@ -225,6 +225,8 @@ def op_case(work: str, shape: str, mode: str, device, dtype, cuda_extras: bool) 
 
 TRIVIAL_LATENTS, TRIVIAL_PIXELS = "trivial [B, D]", "trivial [B, P]"
 FLOORS = (TRIVIAL_LATENTS, TRIVIAL_PIXELS)
+# the keys under which vaecuda's step over each floor is reported (harness.time_case, report.rows_of)
+OVER_FLOOR = {TRIVIAL_LATENTS: "over_trivial_op", TRIVIAL_PIXELS: "over_same_size_op"}
 
 
 def _trivial_operands(shape, device, dtype):
