@@ -3,8 +3,8 @@
 //
 // This header is the single home of that math. The CPU kernels (csrc/cpu) and the CUDA kernels
 // (csrc/cuda) both call these functions, so the two backends cannot drift apart; vaecuda/reference.py
-// spells out the same math in torch ops as the test oracle. Where a function branches on
-// __CUDA_ARCH__ it says why: the correctly rounded intrinsics (same bits), a fused multiply-add whose
+// spells out the same math in torch ops as the test oracle. Where a function branches for the
+// device (VAE_DEVICE_MATH) it says why: the correctly rounded intrinsics (same bits), a fused multiply-add whose
 // product is exact (same bits), and sampling's standard deviation (CUDA's expf: a few ulp).
 //
 // It depends on nothing but the C++ standard library, so the CPU kernels can compile it once per
@@ -22,13 +22,22 @@
 #define VAE_HD inline __attribute__((always_inline))
 #endif
 
+// The device branches below: compiled for the GPU (__CUDA_ARCH__), and in the CPU emulation of the CUDA
+// kernels (tests/cuda_emu, which defines VAECUDA_EMULATE_DEVICE_MATH and the intrinsics they call), so
+// that their logic runs, and their bits are checked, without a GPU. The CPU kernels never define it.
+#if defined(__CUDA_ARCH__) || defined(VAECUDA_EMULATE_DEVICE_MATH)
+#define VAE_DEVICE_MATH 1
+#else
+#define VAE_DEVICE_MATH 0
+#endif
+
 namespace vaecuda {
 namespace math {
 
 // ---------------------------------------------------------------------------------------------------
 // Bit casts (well defined on host and device).
 VAE_HD int32_t float_bits(float f) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   return __float_as_int(f);
 #else
   int32_t i;
@@ -38,7 +47,7 @@ VAE_HD int32_t float_bits(float f) {
 }
 
 VAE_HD float bits_float(int32_t i) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   return __int_as_float(i);
 #else
   float f;
@@ -53,35 +62,35 @@ VAE_HD float bits_float(int32_t i) {
 // which all round each operation once, produce the same bits. On the device the intrinsics forbid
 // nvcc from contracting a*b+c into an FMA; on the host the build passes -ffp-contract=off.
 VAE_HD float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   return __fmul_rn(a, b);
 #else
   return a * b;
 #endif
 }
 VAE_HD float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   return __fadd_rn(a, b);
 #else
   return a + b;
 #endif
 }
 VAE_HD float sub_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   return __fsub_rn(a, b);
 #else
   return a - b;
 #endif
 }
 VAE_HD float div_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   return __fdiv_rn(a, b);
 #else
   return a / b;
 #endif
 }
 VAE_HD float sqrt_rn(float a) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   return __fsqrt_rn(a);
 #else
   return std::sqrt(a);
@@ -89,7 +98,7 @@ VAE_HD float sqrt_rn(float a) {
 }
 // uint32 -> float, round to nearest even.
 VAE_HD float u32_to_float_rn(uint32_t u) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   return __uint2float_rn(u);
 #else
   return static_cast<float>(u);
@@ -153,7 +162,7 @@ struct F2 {
 // between the two): one FMA on the device, whose only rounding is then the add's, so the same bits as
 // the host's multiply and add.
 VAE_HD float fma_exact_product(float a, float b, float c) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   return __fmaf_rn(a, b, c);
 #else
   return add_rn(mul_rn(a, b), c);
@@ -243,7 +252,7 @@ VAE_HD F4 normal_group(uint64_t seed, uint64_t offset, uint64_t group) {
 // a * b + c, fused where the hardware has it (CUDA; the AVX2+FMA CPU kernels), else two roundings.
 // Used by the loss polynomials only, never by the normal transform above.
 VAE_HD float fmadd(float a, float b, float c) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   return fmaf(a, b, c);
 #elif defined(VAE_HAVE_FMA)  // set by cpu/isa_avx2.cpp (GCC does not define __FMA__ under a target pragma)
   return __builtin_fmaf(a, b, c);
@@ -330,7 +339,7 @@ VAE_HD double log1p_unit(double e) { return ::log1p(e); }
 // underflow to 0) are expf's, the same as fast_exp's. float64 takes the C library on both.
 template <typename T>
 VAE_HD T std_from_logvar(T logvar) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   if constexpr (std::is_same<T, float>::value) return expf(0.5f * logvar);
 #endif
   return fast_exp(T(0.5) * logvar);
@@ -431,7 +440,7 @@ VAE_HD T bernoulli_log_prob_and_grad(T l, T x, T& dl) {
 // log and log1p: this path serves compatibility, the logits path speed.
 template <typename T>
 VAE_HD T libm_log(T v) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   return log(v);  // CUDA's float and double overloads
 #else
   return std::log(v);
@@ -439,7 +448,7 @@ VAE_HD T libm_log(T v) {
 }
 template <typename T>
 VAE_HD T libm_log1p(T v) {
-#if defined(__CUDA_ARCH__)
+#if VAE_DEVICE_MATH
   return log1p(v);
 #else
   return std::log1p(v);

@@ -5,8 +5,11 @@ tests/cuda_emu/driver.cpp against plain loops over the same math: every kernel, 
 8 or 16 lanes, a warp or a block per row, widths that are and are not multiples of 4, four layouts, K
 samples, the noise's flat-index keying and bit-equal results across layouts.
 
-It proves indexing, reductions and synchronization, not the device's arithmetic, memory model or
-speed: benchmarks/gpu_check.sh does that on a GPU. Needs g++ with C++20 and the CUDA toolkit's
+The header's device branches are compiled in (VAECUDA_EMULATE_DEVICE_MATH, the intrinsics emulated by
+IEEE host operations and std::fma), so the kernels run the math the GPU runs, and the device's normal
+transform is checked against the reference bit for bit. It proves indexing, reductions,
+synchronization and those branches' logic and bits, not the device's own expf (2 ulp; the host's is
+used), memory model or speed: benchmarks/gpu_check.sh does that on a GPU. Needs g++ with C++20 and the CUDA toolkit's
 headers (cuda_fp16.h, cuda_bf16.h); skipped where they are missing."""
 
 import glob
@@ -15,7 +18,11 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
+import torch
+
+from vaecuda import reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMU = os.path.join(ROOT, "tests", "cuda_emu")
@@ -56,16 +63,56 @@ def _emulated_sources(dst):
     return launches
 
 
-@pytest.mark.skipif(CXX is None or CUDA_INCLUDE is None,
-                    reason="needs g++ and the CUDA toolkit's headers (cuda_fp16.h)")
-def test_cuda_kernels_under_cpu_emulation(tmp_path):
-    src = tmp_path / "src"
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    """tests/cuda_emu/driver.cpp with the kernels, built once for this module. VAECUDA_EMULATE_DEVICE_MATH
+    selects vae_math.h's device branches (the intrinsics, the FMA, expf), as nvcc's device pass does."""
+    if CXX is None or CUDA_INCLUDE is None:
+        pytest.skip("needs g++ and the CUDA toolkit's headers (cuda_fp16.h)")
+    tmp = tmp_path_factory.mktemp("cuda_emu")
+    src = tmp / "src"
     src.mkdir()
     assert _emulated_sources(str(src)) >= 17  # every launch in csrc/cuda was rewritten
-    exe = tmp_path / "driver"
+    exe = tmp / "driver"
     cmd = [CXX, "-std=c++20", "-O1", "-ffp-contract=off", "-fno-math-errno", "-pthread", "-x", "c++",
-           f"-I{EMU}", f"-I{src}", f"-I{CUDA_INCLUDE}", os.path.join(EMU, "driver.cpp"), "-o", str(exe)]
+           "-DVAECUDA_EMULATE_DEVICE_MATH", f"-I{EMU}", f"-I{src}", f"-I{CUDA_INCLUDE}",
+           os.path.join(EMU, "driver.cpp"), "-o", str(exe)]
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    return exe
+
+
+def test_cuda_kernels_under_cpu_emulation(driver):
+    run = subprocess.run([str(driver)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and "all passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+def _edge_words() -> tuple[torch.Tensor, torch.Tensor]:
+    """Word pairs (a, b) where the transform is most delicate, and random ones: every a of the first and
+    last 2^16 (the smallest uniforms, the largest radii; u rounding to 1, radius 0), every angle bits
+    near each quadrant's start, middle (the reflection) and end, in all four quadrants."""
+    g = torch.Generator().manual_seed(3)
+    rand = lambda n: torch.randint(0, 2**32, (n,), generator=g, dtype=torch.int64)  # noqa: E731
+    ends = torch.cat([torch.arange(2**16), torch.arange(2**32 - 2**16, 2**32)])
+    i = torch.cat([torch.arange(0, 64), torch.arange(2**23 - 64, 2**23 + 64), torch.arange(2**24 - 64, 2**24)])
+    angles = ((torch.arange(4).view(4, 1, 1) << 30) | (i.view(1, -1, 1) << 6) | torch.tensor([0, 63]).view(1, 1, 2))
+    angles = angles.reshape(-1)
+    a = torch.cat([ends, rand(angles.numel()), rand(2**18)])
+    b = torch.cat([rand(ends.numel()), angles, rand(2**18)])
+    return a, b
+
+
+def test_device_box_muller_equals_reference_bitwise(driver, tmp_path):
+    # The device's normal transform (its FMA with an exact product, its correctly rounded intrinsics)
+    # gives the bits of vaecuda/reference.py, which the CPU kernels equal (tests/test_philox.py).
+    a, b = _edge_words()
+    words = torch.stack([a, b], 1).to(torch.int64).numpy().astype(np.uint32)
+    (tmp_path / "in.bin").write_bytes(words.tobytes())
+    run = subprocess.run([str(driver), "--box-muller", str(tmp_path / "in.bin"), str(tmp_path / "out.bin")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = torch.from_numpy(np.frombuffer((tmp_path / "out.bin").read_bytes(), dtype=np.float32).copy())
+    want = torch.stack(ref._box_muller(a, b), 1).reshape(-1)
+    assert got.shape == want.shape
+    bad = (got.view(torch.int32) != want.view(torch.int32)).nonzero()
+    assert bad.numel() == 0, f"{bad.numel()} values differ, first at pair {bad[0].item() // 2}"

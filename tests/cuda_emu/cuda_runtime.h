@@ -57,6 +57,19 @@ T __shfl_down_sync(unsigned mask, T v, int delta, int width = 32) {
 inline float __fadd_rn(float a, float b) { volatile float r = a + b; return r; }
 inline double __dadd_rn(double a, double b) { volatile double r = a + b; return r; }
 
+// The intrinsics of vae_math.h's device branches (the driver is built with VAECUDA_EMULATE_DEVICE_MATH,
+// so the kernels run the math the GPU runs): each IEEE-rounded operation is the host's (the build
+// passes -ffp-contract=off), __fmaf_rn and fmaf a true fused multiply-add (std::fma). expf is the host
+// C library's, within 1 ulp where CUDA's is within 2: its branch is run here, not its last bits.
+inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
+inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
+inline float __fdiv_rn(float a, float b) { volatile float r = a / b; return r; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline float __uint2float_rn(unsigned u) { return static_cast<float>(u); }
+inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, sizeof(i)); return i; }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, sizeof(f)); return f; }
+
 template <typename... KArgs, typename... Args>
 void emu_launch(void (*kernel)(KArgs...), unsigned grid, unsigned block, int, cudaStream_t, Args... args) {
   if (block % 32 != 0 || grid == 0) std::abort();

@@ -1,7 +1,8 @@
 // Runs the vaecuda CUDA kernels under a CPU emulation (cuda_runtime.h beside this file) against plain
 // loops over the same math (vae_math.h): every kernel, widths for 8 / 16 lanes, a warp, a block per row,
 // multiples of 4 and not, four layouts, K samples, float32 throughout and bfloat16 logits/latents with
-// uint8 targets for the 8- and 4-byte vector loads. tests/test_cuda_emulated.py builds and runs it.
+// uint8 targets for the 8- and 4-byte vector loads. tests/test_cuda_emulated.py builds and runs it with
+// vae_math.h's device branches (VAECUDA_EMULATE_DEVICE_MATH): the kernels take the math a GPU takes.
 #include "gaussian_kl.cu"
 #include "reparameterize.cu"
 #include "bernoulli_log_prob.cu"
@@ -54,7 +55,30 @@ static std::vector<float> randv(int64_t n, std::mt19937& g, float scale = 1.f) {
   return v;
 }
 
-int main() {
+// `driver --box-muller IN OUT`: the transform of each pair of uint32 words in IN (little-endian), as the
+// device computes it, written to OUT as pairs of float32; tests/test_cuda_emulated.py compares them with
+// vaecuda/reference.py bit for bit.
+static int box_muller_file(const char* in, const char* out) {
+  FILE* f = std::fopen(in, "rb");
+  if (!f) return 2;
+  std::vector<uint32_t> w;
+  uint32_t buf[2];
+  while (std::fread(buf, sizeof(uint32_t), 2, f) == 2) w.insert(w.end(), buf, buf + 2);
+  std::fclose(f);
+  std::vector<float> z(w.size());
+  for (size_t i = 0; i < w.size(); i += 2) {
+    const F2 n = box_muller(w[i], w[i + 1]);
+    z[i] = n.a;
+    z[i + 1] = n.b;
+  }
+  FILE* o = std::fopen(out, "wb");
+  if (!o) return 2;
+  const bool ok = std::fwrite(z.data(), sizeof(float), z.size(), o) == z.size();
+  return std::fclose(o) == 0 && ok ? 0 : 2;
+}
+
+int main(int argc, char** argv) {
+  if (argc == 4 && std::strcmp(argv[1], "--box-muller") == 0) return box_muller_file(argv[2], argv[3]);
   std::mt19937 g(0);
   {  // the raw normals, from a device-side (seed, offset)
     const int64_t state[2] = {-5, 7};
