@@ -2,21 +2,25 @@
 emulation of the few CUDA features they use (tests/cuda_emu/cuda_runtime.h: one thread per CUDA
 thread, blocks one after another, __syncthreads and warp shuffles by barriers), then checked by
 tests/cuda_emu/driver.cpp against plain loops over the same math: every kernel, row widths that take
-8 or 16 lanes, a warp or a block per row, widths that are and are not multiples of 4, four layouts, K
-samples, the noise's flat-index keying and bit-equal results across layouts.
+8 or 16 lanes, a warp or a block per row, widths that are and are not multiples of 4, five layouts
+(one with a base no vector load may use), K samples, the noise's flat-index keying and bit-equal
+results across layouts.
 
 The header's device branches are compiled in (VAECUDA_EMULATE_DEVICE_MATH, the intrinsics emulated by
 IEEE host operations and std::fma), so the kernels run the math the GPU runs, and the device's normal
-transform is checked against the reference bit for bit. It proves indexing, reductions,
-synchronization and those branches' logic and bits, not the device's own expf (2 ulp; the host's is
-used), memory model or speed: benchmarks/gpu_check.sh does that on a GPU. Needs g++ with C++20 and the CUDA toolkit's
-headers (cuda_fp16.h, cuda_bf16.h); skipped where they are missing."""
+transform is checked against the reference bit for bit. The driver is built with AddressSanitizer and
+UBSan, so an out-of-bounds access or a misaligned vector load fails the run. It proves indexing,
+bounds, alignment, reductions, synchronization and those branches' logic and bits, not the device's
+own expf (2 ulp; the host's is used), memory model or speed: benchmarks/gpu_check.sh does that on a
+GPU. Needs g++ with C++20 and the CUDA toolkit's headers (cuda_fp16.h, cuda_bf16.h); skipped where
+they are missing."""
 
 import glob
 import os
 import re
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -63,28 +67,50 @@ def _emulated_sources(dst):
     return launches
 
 
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+# LeakSanitizer stops under ptrace (some containers); leaks are not what this checks
+SANITIZER_ENV = {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
+
+
+def _sanitizers_link(tmp) -> bool:
+    probe = tmp / "probe.cpp"
+    probe.write_text("int main() { return 0; }\n")
+    return subprocess.run([CXX, *SANITIZE, str(probe), "-o", str(tmp / "probe")], capture_output=True).returncode == 0
+
+
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
     """tests/cuda_emu/driver.cpp with the kernels, built once for this module. VAECUDA_EMULATE_DEVICE_MATH
-    selects vae_math.h's device branches (the intrinsics, the FMA, expf), as nvcc's device pass does."""
+    selects vae_math.h's device branches (the intrinsics, the FMA, expf), as nvcc's device pass does.
+    Built with AddressSanitizer and UBSan where g++ has them: a kernel that reads or writes past a buffer
+    (compute-sanitizer's memcheck on a GPU) or makes a vector load from a misaligned address (a fault on
+    a GPU, silent on x86) stops the run. -O0: the sanitized build compiles in a third of -O1's time."""
     if CXX is None or CUDA_INCLUDE is None:
         pytest.skip("needs g++ and the CUDA toolkit's headers (cuda_fp16.h)")
     tmp = tmp_path_factory.mktemp("cuda_emu")
     src = tmp / "src"
     src.mkdir()
     assert _emulated_sources(str(src)) >= 17  # every launch in csrc/cuda was rewritten
+    sanitize = _sanitizers_link(tmp)
+    if not sanitize:
+        warnings.warn("g++ cannot link -fsanitize=address,undefined here: the emulated kernels run without "
+                      "the out-of-bounds and alignment checks")
     exe = tmp / "driver"
-    cmd = [CXX, "-std=c++20", "-O1", "-ffp-contract=off", "-fno-math-errno", "-pthread", "-x", "c++",
-           "-DVAECUDA_EMULATE_DEVICE_MATH", f"-I{EMU}", f"-I{src}", f"-I{CUDA_INCLUDE}",
-           os.path.join(EMU, "driver.cpp"), "-o", str(exe)]
+    cmd = [CXX, "-std=c++20", "-O0" if sanitize else "-O1", *(SANITIZE if sanitize else []),
+           "-ffp-contract=off", "-fno-math-errno", "-pthread", "-x", "c++", "-DVAECUDA_EMULATE_DEVICE_MATH",
+           f"-I{EMU}", f"-I{src}", f"-I{CUDA_INCLUDE}", os.path.join(EMU, "driver.cpp"), "-o", str(exe)]
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
     return exe
 
 
+def _run(cmd, timeout):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **SANITIZER_ENV})
+
+
 def test_cuda_kernels_under_cpu_emulation(driver):
-    run = subprocess.run([str(driver)], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and "all passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
+    run = _run([str(driver)], 600)
+    assert run.returncode == 0 and "all passed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
 
 
 def _edge_words() -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,8 +134,7 @@ def test_device_box_muller_equals_reference_bitwise(driver, tmp_path):
     a, b = _edge_words()
     words = torch.stack([a, b], 1).to(torch.int64).numpy().astype(np.uint32)
     (tmp_path / "in.bin").write_bytes(words.tobytes())
-    run = subprocess.run([str(driver), "--box-muller", str(tmp_path / "in.bin"), str(tmp_path / "out.bin")],
-                         capture_output=True, text=True, timeout=120)
+    run = _run([str(driver), "--box-muller", str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], 120)
     assert run.returncode == 0, run.stderr[-2000:]
     got = torch.from_numpy(np.frombuffer((tmp_path / "out.bin").read_bytes(), dtype=np.float32).copy())
     want = torch.stack(ref._box_muller(a, b), 1).reshape(-1)

@@ -1,9 +1,11 @@
 // A CPU emulation of the bits of the CUDA runtime the vaecuda kernels use: one std::thread per CUDA
-// thread, blocks run one after another, __syncthreads and warp shuffles by barriers.
+// thread of a block (a pool kept across launches), blocks run one after another, __syncthreads and warp
+// shuffles by barriers.
 #pragma once
 #include <barrier>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <thread>
 #include <vector>
 #include <memory>
@@ -70,25 +72,69 @@ inline float __uint2float_rn(unsigned u) { return static_cast<float>(u); }
 inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, sizeof(i)); return i; }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, sizeof(f)); return f; }
 
+// The CUDA threads of a block: one std::thread each, made once and kept for every launch of that block
+// size (creating 256 threads per launch cost most of the run). run(job) has each call job(t), t its
+// thread index, and returns when all are done.
+struct EmuPool {
+  unsigned size = 0;
+  std::unique_ptr<std::barrier<>> go, done;
+  std::vector<std::thread> threads;
+  std::function<void(unsigned)> job;
+  bool stop = false;
+
+  void resize(unsigned n) {
+    if (n == size) return;
+    shutdown();
+    size = n;
+    go = std::make_unique<std::barrier<>>(n + 1);
+    done = std::make_unique<std::barrier<>>(n + 1);
+    for (unsigned t = 0; t < n; ++t)
+      threads.emplace_back([this, t]() {
+        threadIdx = {t, 0, 0};
+        for (;;) {
+          go->arrive_and_wait();
+          if (stop) return;
+          job(t);
+          done->arrive_and_wait();
+        }
+      });
+  }
+  void run(std::function<void(unsigned)> f) {
+    job = std::move(f);
+    go->arrive_and_wait();
+    done->arrive_and_wait();
+  }
+  void shutdown() {
+    if (!size) return;
+    stop = true;
+    go->arrive_and_wait();
+    for (auto& t : threads) t.join();
+    threads.clear();
+    stop = false;
+    size = 0;
+  }
+  ~EmuPool() { shutdown(); }
+};
+inline EmuPool emu_pool;
+
 template <typename... KArgs, typename... Args>
 void emu_launch(void (*kernel)(KArgs...), unsigned grid, unsigned block, int, cudaStream_t, Args... args) {
   if (block % 32 != 0 || grid == 0) std::abort();
   gridDim = {grid, 1, 1};
   blockDim = {block, 1, 1};
-  for (unsigned b = 0; b < grid; ++b) {
-    std::barrier<> bb(block);
-    std::vector<EmuWarp> warps(block / 32);
-    for (auto& w : warps) w.bar = std::make_unique<std::barrier<>>(32);
-    emu_block_barrier = &bb;
-    emu_warps = &warps;
-    std::vector<std::thread> ts;
-    ts.reserve(block);
-    for (unsigned t = 0; t < block; ++t)
-      ts.emplace_back([&, t, b]() {
-        threadIdx = {t, 0, 0};
-        blockIdx = {b, 0, 0};
-        kernel(args...);
-      });
-    for (auto& t : ts) t.join();
-  }
+  // each thread runs the kernel for block 0, 1, ... in turn; the block's barrier between two blocks
+  // keeps them one after another (a block's __shared__ statics are the next block's)
+  std::barrier<> bb(block);
+  std::vector<EmuWarp> warps(block / 32);
+  for (auto& w : warps) w.bar = std::make_unique<std::barrier<>>(32);
+  emu_block_barrier = &bb;
+  emu_warps = &warps;
+  emu_pool.resize(block);
+  emu_pool.run([&](unsigned) {
+    for (unsigned b = 0; b < grid; ++b) {
+      blockIdx = {b, 0, 0};
+      kernel(args...);
+      bb.arrive_and_wait();
+    }
+  });
 }

@@ -1,6 +1,6 @@
 // Runs the vaecuda CUDA kernels under a CPU emulation (cuda_runtime.h beside this file) against plain
 // loops over the same math (vae_math.h): every kernel, widths for 8 / 16 lanes, a warp, a block per row,
-// multiples of 4 and not, four layouts, K samples, float32 throughout and bfloat16 logits/latents with
+// multiples of 4 and not, five layouts, K samples, float32 throughout and bfloat16 logits/latents with
 // uint8 targets for the 8- and 4-byte vector loads. tests/test_cuda_emulated.py builds and runs it with
 // vae_math.h's device branches (VAECUDA_EMULATE_DEVICE_MATH): the kernels take the math a GPU takes.
 #include "gaussian_kl.cu"
@@ -25,13 +25,14 @@ static RowView view(int64_t rows, int64_t row_stride, int64_t col_stride) {
   return v;
 }
 
-// An operand [rows, cols] in one of 4 layouts inside its own buffer.
+// An operand [rows, cols] in one of 5 layouts inside its own buffer.
 struct Mat {
   std::vector<float> buf;
   RowView v;
   const float* base = nullptr;
   Mat(const std::vector<float>& vals, int64_t rows, int64_t cols, int layout) {
-    // 0 contiguous, 1 every other column, 2 column-major, 3 one row broadcast to all rows
+    // 0 contiguous, 1 every other column, 2 column-major, 3 one row broadcast to all rows, 4 contiguous
+    // from one element into its buffer (a base no vector load may use: the sanitized build would see one)
     if (layout == 0) { buf = vals; v = view(rows, cols, 1); }
     if (layout == 1) {
       buf.assign(2 * rows * cols + 1, 0.f);
@@ -44,7 +45,8 @@ struct Mat {
       v = view(rows, 1, rows);
     }
     if (layout == 3) { buf.assign(vals.begin(), vals.begin() + cols); v.ndim = 0; v.col_stride = 1; }
-    base = buf.data();
+    if (layout == 4) { buf.assign(1, 0.f); buf.insert(buf.end(), vals.begin(), vals.end()); v = view(rows, cols, 1); }
+    base = buf.data() + (layout == 4 ? 1 : 0);
   }
 };
 
@@ -95,7 +97,7 @@ int main(int argc, char** argv) {
     const auto mu = randv(rows * cols, g), lv = randv(rows * cols, g);
     // ---- KL forward, all layouts (mu and logvar in the same layout; layout 3 broadcasts row 0)
     std::vector<float> first;
-    for (int layout = 0; layout < 4; ++layout) {
+    for (int layout = 0; layout < 5; ++layout) {
       Mat m(mu, rows, cols, layout), l(lv, rows, cols, layout);
       std::vector<float> out(rows, -1.f);
       KLArgs a; a.rows = rows; a.cols = cols; a.dtype = Dtype::f32; a.mu = m.base; a.logvar = l.base;
@@ -107,7 +109,7 @@ int main(int argc, char** argv) {
         CHECK(std::fabs(out[r] - s) <= 1e-4 * (1 + std::fabs(s)), "kl fwd cols %ld layout %d row %ld: %g vs %g", cols, layout, r, out[r], s);
       }
       if (layout == 0) first = out;
-      else if (layout < 3) CHECK(std::memcmp(first.data(), out.data(), rows * 4) == 0, "kl bits differ, cols %ld layout %d", cols, layout);
+      else if (layout != 3) CHECK(std::memcmp(first.data(), out.data(), rows * 4) == 0, "kl bits differ, cols %ld layout %d", cols, layout);
       // elementwise
       std::vector<float> el(rows * cols, -1.f);
       a.elementwise = true; a.out = el.data();
@@ -156,9 +158,9 @@ int main(int argc, char** argv) {
         CHECK(d[0][e] == w[0] && d[1][e] == w[1] && d[2][e] == w[2] && d[3][e] == w[3], "kl prior bwd cols %ld", cols);
       }
     }
-    // ---- sampling, K = 1 and 3, with and without KL, layouts 0-3 (3: every row is row 0); then the backward
+    // ---- sampling, K = 1 and 3, with and without KL, layouts 0-4 (3: every row is row 0); then the backward
     for (int64_t K : {1, 3}) {
-      for (int layout = 0; layout < 4; ++layout) {
+      for (int layout = 0; layout < 5; ++layout) {
         const auto src = [&](int64_t p) { return layout == 3 ? p % cols : p; };  // the input element of z's p
         Mat m(mu, rows, cols, layout), l(lv, rows, cols, layout);
         std::vector<float> z(K * rows * cols, -9.f), kl(rows, -9.f);
@@ -238,14 +240,14 @@ int main(int argc, char** argv) {
         }
       }
     }
-    // ---- Bernoulli: logits [2, rows, cols] in layouts 0-2 (as 2*rows rows), target [rows, cols] broadcast
+    // ---- Bernoulli: logits [2, rows, cols] in layouts 0-2 and 4 (as 2*rows rows), target [rows, cols] broadcast
     {
       const int64_t R = 2 * rows;
       const auto lg = randv(R * cols, g, 3.f);
       std::vector<float> x(rows * cols);
       for (auto& v : x) v = (g() & 1) ? 1.f : 0.f;
       std::vector<float> first_out;
-      for (int layout = 0; layout < 3; ++layout) {
+      for (int layout : {0, 1, 2, 4}) {
         Mat L(lg, R, cols, layout);
         std::vector<float> out(R, -9.f), dl(R * cols, -9.f);
         BernoulliArgs a; a.rows = R; a.cols = cols; a.logits = L.base; a.v_logits = L.v;
