@@ -4,7 +4,9 @@ thread, blocks one after another, __syncthreads and warp shuffles by barriers), 
 tests/cuda_emu/driver.cpp against plain loops over the same math: every kernel, row widths that take
 8 or 16 lanes, a warp or a block per row, widths that are and are not multiples of 4, five layouts
 (one with a base no vector load may use), K samples, the noise's flat-index keying and bit-equal
-results across layouts.
+results across layouts; all of it three times, with the grids a GPU gets and with grids capped at one
+and at two blocks (VAECUDA_MAX_BLOCKS), so that every kernel's grid-stride loop runs (on a GPU only
+past 2^21 blocks).
 
 The header's device branches are compiled in (VAECUDA_EMULATE_DEVICE_MATH, the intrinsics emulated by
 IEEE host operations and std::fma), so the kernels run the math the GPU runs, and the device's normal
@@ -98,6 +100,7 @@ def driver(tmp_path_factory):
     exe = tmp / "driver"
     cmd = [CXX, "-std=c++20", "-O0" if sanitize else "-O1", *(SANITIZE if sanitize else []),
            "-ffp-contract=off", "-fno-math-errno", "-pthread", "-x", "c++", "-DVAECUDA_EMULATE_DEVICE_MATH",
+           "-DVAECUDA_MAX_BLOCKS=emu_max_blocks",
            f"-I{EMU}", f"-I{src}", f"-I{CUDA_INCLUDE}", os.path.join(EMU, "driver.cpp"), "-o", str(exe)]
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]

@@ -57,9 +57,14 @@ inline void check_launch(const char* kernel) {
                              cudaGetErrorString(err));
 }
 
+// Grids of at most VAECUDA_MAX_BLOCKS blocks: past that every kernel loops grid-stride. (The CPU
+// emulation in tests/cuda_emu makes it a variable, to run those loops with one and two blocks.)
+#ifndef VAECUDA_MAX_BLOCKS
+#define VAECUDA_MAX_BLOCKS (int64_t(65535) * 32)
+#endif
 inline unsigned int blocks_for(int64_t work, int64_t per_block) {
-  const int64_t b = (work + per_block - 1) / per_block;
-  return static_cast<unsigned int>(b < 1 ? 1 : (b > 65535 * 32 ? 65535 * 32 : b));  // grid-stride beyond
+  const int64_t b = (work + per_block - 1) / per_block, cap = VAECUDA_MAX_BLOCKS;
+  return static_cast<unsigned int>(b < 1 ? 1 : (b > cap ? cap : b));
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #pragma once
 #include <barrier>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <thread>
@@ -39,7 +40,7 @@ struct EmuWarp {
 };
 inline std::barrier<>* emu_block_barrier = nullptr;
 inline std::vector<EmuWarp>* emu_warps = nullptr;
-inline long long emu_shuffles = 0;
+inline int64_t emu_max_blocks = int64_t(65535) * 32;  // VAECUDA_MAX_BLOCKS in the emulated build
 
 inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
 

@@ -79,8 +79,9 @@ static int box_muller_file(const char* in, const char* out) {
   return std::fclose(o) == 0 && ok ? 0 : 2;
 }
 
-int main(int argc, char** argv) {
-  if (argc == 4 && std::strcmp(argv[1], "--box-muller") == 0) return box_muller_file(argv[2], argv[3]);
+// Every check, with grids of at most `max_blocks` blocks (VAECUDA_MAX_BLOCKS is emu_max_blocks here).
+static void run_all(int64_t max_blocks) {
+  emu_max_blocks = max_blocks;
   std::mt19937 g(0);
   {  // the raw normals, from a device-side (seed, offset)
     const int64_t state[2] = {-5, 7};
@@ -363,8 +364,15 @@ int main(int argc, char** argv) {
         CHECK(std::fabs(o[r] - s) <= 1e-4 * (1 + std::fabs(s)), "probs fwd cols %ld row %ld: %g vs %g", cols, r, o[r], s);
       }
     }
-    printf("cols %ld ok so far (failures %d)\n", cols, failures);
+    printf("max blocks %ld, cols %ld ok so far (failures %d)\n", max_blocks, cols, failures);
   }
+}
+
+int main(int argc, char** argv) {
+  if (argc == 4 && std::strcmp(argv[1], "--box-muller") == 0) return box_muller_file(argv[2], argv[3]);
+  // the grids a GPU gets, then one and two blocks: every kernel's grid-stride loop runs (on a GPU only
+  // past 65535 * 32 blocks), alone and with a stride of two blocks
+  for (int64_t max_blocks : {int64_t(65535) * 32, int64_t(1), int64_t(2)}) run_all(max_blocks);
   printf(failures ? "FAILED: %d\n" : "all passed\n", failures);
   return failures != 0;
 }
