@@ -266,6 +266,12 @@ static void run_all(int64_t max_blocks) {
         }
         if (layout == 0) first_out = out;
         else CHECK(std::memcmp(first_out.data(), out.data(), R * 4) == 0, "bernoulli bits differ, layout %d cols %ld", layout, cols);
+        {  // no gradient asked (no grad mode): the same sums, and d_logits untouched
+          std::vector<float> out2(R, -9.f);
+          BernoulliArgs a2 = a; a2.d_logits = nullptr; a2.out = out2.data();
+          cuda::launch(a2, nullptr);
+          CHECK(std::memcmp(out2.data(), out.data(), R * 4) == 0, "bernoulli without the gradient differs, layout %d cols %ld", layout, cols);
+        }
         // the backward op: d_logits and d_target
         const auto gr = randv(R, g);
         std::vector<float> dl2(R * cols, -9.f), dx(R * cols, -9.f);
