@@ -11,11 +11,11 @@ past 2^21 blocks).
 The header's device branches are compiled in (VAECUDA_EMULATE_DEVICE_MATH, the intrinsics emulated by
 IEEE host operations and std::fma), so the kernels run the math the GPU runs, and the device's normal
 transform is checked against the reference bit for bit. The driver is built with AddressSanitizer and
-UBSan, so an out-of-bounds access or a misaligned vector load fails the run. It proves indexing,
-bounds, alignment, reductions, synchronization and those branches' logic and bits, not the device's
-own expf (2 ulp; the host's is used), memory model or speed: benchmarks/gpu_check.sh does that on a
-GPU. Needs g++ with C++20 and the CUDA toolkit's headers (cuda_fp16.h, cuda_bf16.h); skipped where
-they are missing."""
+UBSan, so an out-of-bounds access or a misaligned vector load fails the run, and again with
+ThreadSanitizer, so a data race does. It proves indexing, bounds, alignment, reductions,
+synchronization and those branches' logic and bits, not the device's own expf (2 ulp; the host's is
+used), memory model or speed: benchmarks/gpu_check.sh does that on a GPU. Needs g++ with C++20 and
+the CUDA toolkit's headers (cuda_fp16.h, cuda_bf16.h); skipped where they are missing."""
 
 import glob
 import os
@@ -69,41 +69,53 @@ def _emulated_sources(dst):
     return launches
 
 
-SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-# LeakSanitizer stops under ptrace (some containers); leaks are not what this checks
-SANITIZER_ENV = {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
+ASAN = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+TSAN = ["-fsanitize=thread"]
+# LeakSanitizer stops under ptrace (some containers), and leaks are not what this checks; a data race
+# fails the run at once
+SANITIZER_ENV = {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1",
+                 "TSAN_OPTIONS": "halt_on_error=1"}
 
 
-def _sanitizers_link(tmp) -> bool:
+def _links(tmp, flags) -> bool:
+    """Whether g++ can link a program with these sanitizer flags here (their runtime libraries)."""
     probe = tmp / "probe.cpp"
     probe.write_text("int main() { return 0; }\n")
-    return subprocess.run([CXX, *SANITIZE, str(probe), "-o", str(tmp / "probe")], capture_output=True).returncode == 0
+    return subprocess.run([CXX, *flags, str(probe), "-o", str(tmp / "probe")], capture_output=True).returncode == 0
+
+
+def _build(tmp_path_factory, name, opt, flags):
+    """tests/cuda_emu/driver.cpp with the kernels. VAECUDA_EMULATE_DEVICE_MATH selects vae_math.h's device
+    branches (the intrinsics, the FMA, expf), as nvcc's device pass does; VAECUDA_MAX_BLOCKS a variable,
+    so the driver can cap the grids."""
+    if CXX is None or CUDA_INCLUDE is None:
+        pytest.skip("needs g++ and the CUDA toolkit's headers (cuda_fp16.h)")
+    tmp = tmp_path_factory.mktemp(name)
+    src = tmp / "src"
+    src.mkdir()
+    assert _emulated_sources(str(src)) >= 17  # every launch in csrc/cuda was rewritten
+    if flags and not _links(tmp, flags):
+        return None
+    exe = tmp / "driver"
+    cmd = [CXX, "-std=c++20", opt, *flags, "-ffp-contract=off", "-fno-math-errno", "-pthread", "-x", "c++",
+           "-DVAECUDA_EMULATE_DEVICE_MATH", "-DVAECUDA_MAX_BLOCKS=emu_max_blocks",
+           f"-I{EMU}", f"-I{src}", f"-I{CUDA_INCLUDE}", os.path.join(EMU, "driver.cpp"), "-o", str(exe)]
+    build = subprocess.run(cmd, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    return exe
 
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    """tests/cuda_emu/driver.cpp with the kernels, built once for this module. VAECUDA_EMULATE_DEVICE_MATH
-    selects vae_math.h's device branches (the intrinsics, the FMA, expf), as nvcc's device pass does.
-    Built with AddressSanitizer and UBSan where g++ has them: a kernel that reads or writes past a buffer
-    (compute-sanitizer's memcheck on a GPU) or makes a vector load from a misaligned address (a fault on
-    a GPU, silent on x86) stops the run. -O0: the sanitized build compiles in a third of -O1's time."""
-    if CXX is None or CUDA_INCLUDE is None:
-        pytest.skip("needs g++ and the CUDA toolkit's headers (cuda_fp16.h)")
-    tmp = tmp_path_factory.mktemp("cuda_emu")
-    src = tmp / "src"
-    src.mkdir()
-    assert _emulated_sources(str(src)) >= 17  # every launch in csrc/cuda was rewritten
-    sanitize = _sanitizers_link(tmp)
-    if not sanitize:
+    """The driver, built once for this module with AddressSanitizer and UBSan where g++ has them: a
+    kernel that reads or writes past a buffer (compute-sanitizer's memcheck on a GPU) or makes a vector
+    load from a misaligned address (a fault on a GPU, silent on x86) stops the run. -O0: the sanitized
+    build compiles in a third of -O1's time."""
+    exe = _build(tmp_path_factory, "cuda_emu", "-O0", ASAN)
+    if exe is None:
         warnings.warn("g++ cannot link -fsanitize=address,undefined here: the emulated kernels run without "
                       "the out-of-bounds and alignment checks")
-    exe = tmp / "driver"
-    cmd = [CXX, "-std=c++20", "-O0" if sanitize else "-O1", *(SANITIZE if sanitize else []),
-           "-ffp-contract=off", "-fno-math-errno", "-pthread", "-x", "c++", "-DVAECUDA_EMULATE_DEVICE_MATH",
-           "-DVAECUDA_MAX_BLOCKS=emu_max_blocks",
-           f"-I{EMU}", f"-I{src}", f"-I{CUDA_INCLUDE}", os.path.join(EMU, "driver.cpp"), "-o", str(exe)]
-    build = subprocess.run(cmd, capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-3000:]
+        exe = _build(tmp_path_factory, "cuda_emu_plain", "-O1", [])
     return exe
 
 
@@ -114,6 +126,17 @@ def _run(cmd, timeout):
 def test_cuda_kernels_under_cpu_emulation(driver):
     run = _run([str(driver)], 600)
     assert run.returncode == 0 and "all passed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def test_cuda_kernels_race_free_under_thread_sanitizer(tmp_path_factory):
+    # The block's shared memory (row sums over a block), the outputs each thread writes, the grid-stride
+    # loops: ThreadSanitizer sees a missing __syncthreads (checked on a planted one) or two threads
+    # writing one element. Fewer widths than above (--races): its threads run ~10x slower.
+    exe = _build(tmp_path_factory, "cuda_emu_tsan", "-O1", TSAN)
+    if exe is None:
+        pytest.skip("g++ cannot link -fsanitize=thread here (no libtsan)")
+    run = _run([str(exe), "--races"], 600)
+    assert run.returncode == 0 and "all passed" in run.stdout, run.stdout[-2000:] + run.stderr[-4000:]
 
 
 def _edge_words() -> tuple[torch.Tensor, torch.Tensor]:
