@@ -3,9 +3,9 @@
 //
 // This header is the single home of that math. The CPU kernels (csrc/cpu) and the CUDA kernels
 // (csrc/cuda) both call these functions, so the two backends cannot drift apart; vaecuda/reference.py
-// spells out the same math in torch ops as the test oracle. Where a function branches for the
-// device (VAE_DEVICE_MATH) it says why: the correctly rounded intrinsics (same bits), a fused multiply-add whose
-// product is exact (same bits), and sampling's standard deviation (CUDA's expf: a few ulp).
+// spells out the same math in torch ops as the test oracle. Where a function branches for the device
+// (VAE_DEVICE_MATH) it says why: the correctly rounded intrinsics (same bits), a fused multiply-add
+// whose product is exact (same bits), and sampling's standard deviation (CUDA's expf: a few ulp).
 //
 // It depends on nothing but the C++ standard library, so the CPU kernels can compile it once per
 // instruction set (see csrc/cpu/isa_*.cpp) without dragging torch's headers into those units.
