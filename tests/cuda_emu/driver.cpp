@@ -1,8 +1,9 @@
 // Runs the vaecuda CUDA kernels under a CPU emulation (cuda_runtime.h beside this file) against plain
 // loops over the same math (vae_math.h): every kernel, widths for 8 / 16 lanes, a warp, a block per row,
-// multiples of 4 and not, five layouts, K samples, float32 throughout and bfloat16 logits/latents with
-// uint8 targets for the 8- and 4-byte vector loads. tests/test_cuda_emulated.py builds and runs it with
-// vae_math.h's device branches (VAECUDA_EMULATE_DEVICE_MATH): the kernels take the math a GPU takes.
+// multiples of 4 and not, five layouts, K samples, float32 throughout, bfloat16 logits/latents with
+// uint8 targets for the 8- and 4-byte vector loads, float64 latents for the 32-byte ones.
+// tests/test_cuda_emulated.py builds and runs it with vae_math.h's device branches
+// (VAECUDA_EMULATE_DEVICE_MATH): the kernels take the math a GPU takes.
 #include "gaussian_kl.cu"
 #include "reparameterize.cu"
 #include "bernoulli_log_prob.cu"
@@ -335,7 +336,7 @@ static void run_all(int64_t max_blocks, const std::vector<int64_t>& widths) {
         CHECK(std::fabs(out[r] - s) <= 1e-4 * (1 + std::fabs(s)), "bf16 bernoulli cols %ld row %ld", cols, r);
       }
     }
-    // ---- float64 KL (32-byte quads, from an aligned buffer) and Bernoulli from probabilities
+    // ---- float64 KL and sampling (32-byte quads, from aligned buffers) and Bernoulli from probabilities
     {
       const size_t bytes = (sizeof(double) * rows * cols + 63) / 64 * 64;  // a multiple of the alignment
       double* md = static_cast<double*>(std::aligned_alloc(64, bytes));
@@ -349,6 +350,44 @@ static void run_all(int64_t max_blocks, const std::vector<int64_t>& widths) {
       for (int64_t r = 0; r < rows; ++r) {
         double s = 0; for (int64_t j = 0; j < cols; ++j) s += kl_std_normal(md[r * cols + j], ld[r * cols + j]);
         CHECK(std::fabs(out[r] - s) <= 1e-12 * (1 + std::fabs(s)), "f64 kl cols %ld", cols);
+      }
+      {  // float64 sampling, 2 samples with the KL, and its backward: buffers of exactly their size, aligned
+        const int64_t n = rows * cols;
+        const auto exact = [](int64_t count) {
+          void* p = nullptr;
+          return posix_memalign(&p, 64, sizeof(double) * count) == 0 ? static_cast<double*>(p) : nullptr;
+        };
+        double *z = exact(2 * n), *gz = exact(2 * n), *dm = exact(n), *dv = exact(n);
+        std::vector<double> kl(rows, -9.0), gk(rows);
+        for (int64_t i = 0; i < 2 * n; ++i) gz[i] = 0.25 * static_cast<double>(i % 7) - 0.5;
+        for (int64_t r = 0; r < rows; ++r) gk[r] = 1.0 + 0.125 * static_cast<double>(r);
+        ReparamArgs a2; a2.rows = rows; a2.cols = cols; a2.samples = 2; a2.dtype = Dtype::f64; a2.seed = 99;
+        a2.offset = 5; a2.mu = md; a2.logvar = ld; a2.v_mu = a2.v_logvar = view(rows, cols, 1);
+        a2.z = z; a2.kl = kl.data();
+        cuda::launch(a2, nullptr);
+        for (int64_t e = 0; e < 2 * n; ++e) {
+          const int64_t p = e % n;
+          const double want = md[p] + std_from_logvar(ld[p]) * static_cast<double>(normal_group(99, 5, e >> 2).v[e & 3]);
+          CHECK(z[e] == want, "f64 z cols %ld e %ld", cols, e);
+        }
+        for (int64_t r = 0; r < rows; ++r) CHECK(kl[r] == out[r], "f64 sample+kl KL differs from gaussian_kl, cols %ld", cols);
+        ReparamBackwardArgs b2; b2.in = a2; b2.grad_z = gz; b2.v_grad_z = view(2 * rows, cols, 1);
+        b2.grad_kl = gk.data(); b2.v_grad_kl = view(rows, 1, 0); b2.d_mu = dm; b2.d_logvar = dv;
+        cuda::launch(b2, nullptr);
+        for (int64_t p = 0; p < n; ++p) {
+          double gsum = 0, gse = 0;
+          for (int64_t k = 0; k < 2; ++k) {
+            const int64_t e = k * n + p;
+            gsum += gz[e];
+            gse += gz[e] * static_cast<double>(normal_group(99, 5, e >> 2).v[e & 3]);
+          }
+          double km, kv;
+          kl_std_normal_grad(md[p], ld[p], gk[p / cols], km, kv);
+          const double wm = gsum + km, wv = gse * 0.5 * std_from_logvar(ld[p]) + kv;
+          CHECK(std::fabs(dm[p] - wm) <= 1e-12 * (1 + std::fabs(wm)) && std::fabs(dv[p] - wv) <= 1e-12 * (1 + std::fabs(wv)),
+                "f64 reparam bwd cols %ld p %ld: %g %g vs %g %g", cols, p, dm[p], dv[p], wm, wv);
+        }
+        for (double* q : {z, gz, dm, dv}) std::free(q);
       }
       std::free(md);
       std::free(ld);
