@@ -80,8 +80,11 @@ if has tests; then
   timeout 150 "$py" -m pytest -q -p no:cacheprovider $per_test tests/test_cuda.py 2>&1 | tee "$out/gpu_cuda_tests.log" | tail -n 12
   stamp cuda-tests $?
   xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
-  # --durations: which tests bound the stage (its time counts toward issue 3's 8 minutes)
-  OMP_NUM_THREADS=2 timeout 220 "$py" -m pytest -q -p no:cacheprovider $xdist $per_test -rs --durations=8 2>&1 \
+  # --durations: which tests bound the stage (its time counts toward issue 3's 8 minutes); the CPU
+  # emulation of the kernels (two sanitized builds, ~2 minutes of one core) is left to CI: here the
+  # kernels themselves run
+  OMP_NUM_THREADS=2 timeout 220 "$py" -m pytest -q -p no:cacheprovider $xdist $per_test -rs --durations=8 \
+    --ignore tests/test_cuda_emulated.py 2>&1 \
     | tee "$out/gpu_tests.log" | tail -n 36
   stamp whole-suite $?
 fi
