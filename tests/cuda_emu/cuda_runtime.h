@@ -4,6 +4,7 @@
 #pragma once
 #include <barrier>
 #include <cmath>
+#include <math.h>  // log, log1p, expf: float overloads in the global namespace, as CUDA's
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -62,8 +63,9 @@ inline double __dadd_rn(double a, double b) { volatile double r = a + b; return 
 
 // The intrinsics of vae_math.h's device branches (the driver is built with VAECUDA_EMULATE_DEVICE_MATH,
 // so the kernels run the math the GPU runs): each IEEE-rounded operation is the host's (the build
-// passes -ffp-contract=off), __fmaf_rn and fmaf a true fused multiply-add (std::fma). expf is the host
-// C library's, within 1 ulp where CUDA's is within 2: its branch is run here, not its last bits.
+// passes -ffp-contract=off), __fmaf_rn and fmaf a true fused multiply-add (std::fma). expf, logf and
+// log1pf are the host C library's (within 1 ulp; CUDA's expf within 2): their branches run here, not
+// CUDA's last bits.
 inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
 inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
 inline float __fdiv_rn(float a, float b) { volatile float r = a / b; return r; }
@@ -120,7 +122,7 @@ inline EmuPool emu_pool;
 
 template <typename... KArgs, typename... Args>
 void emu_launch(void (*kernel)(KArgs...), unsigned grid, unsigned block, int, cudaStream_t, Args... args) {
-  if (block % 32 != 0 || grid == 0) std::abort();
+  if (block == 0 || block > 1024 || block % 32 != 0 || grid == 0) std::abort();
   gridDim = {grid, 1, 1};
   blockDim = {block, 1, 1};
   // each thread runs the kernel for block 0, 1, ... in turn; the block's barrier between two blocks
