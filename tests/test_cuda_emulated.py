@@ -116,8 +116,8 @@ def driver(tmp_path_factory):
     build compiles in less than half of -O1's time."""
     exe = _build(tmp_path_factory, "cuda_emu", "-O0", ASAN)
     if exe is None:
-        warnings.warn("g++ cannot link -fsanitize=address,undefined here: the emulated kernels run without "
-                      "the out-of-bounds and alignment checks")
+        warnings.warn("a -fsanitize=address,undefined program does not link or start here: the emulated "
+                      "kernels run without the out-of-bounds and alignment checks")
         exe = _build(tmp_path_factory, "cuda_emu_plain", "-O1", [])
     return exe
 
@@ -138,7 +138,7 @@ def test_cuda_kernels_race_free_under_thread_sanitizer(tmp_path_factory):
     # (--races): its threads run ~10x slower.
     exe = _build(tmp_path_factory, "cuda_emu_tsan", "-O1", TSAN)
     if exe is None:
-        pytest.skip("g++ cannot link -fsanitize=thread here (no libtsan)")
+        pytest.skip("a -fsanitize=thread program does not link or start here (libtsan)")
     run = _run([str(exe), "--races"], 600)
     assert run.returncode == 0 and "all passed" in run.stdout, run.stdout[-2000:] + run.stderr[-4000:]
 
