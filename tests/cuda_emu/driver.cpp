@@ -55,6 +55,13 @@ struct Mat {
   }
 };
 
+// `count` doubles, 64-byte aligned, in an allocation of exactly their size (so AddressSanitizer sees
+// a read or write one past the end); free with std::free.
+static double* aligned_doubles(int64_t count) {
+  void* p = nullptr;
+  return posix_memalign(&p, 64, sizeof(double) * count) == 0 ? static_cast<double*>(p) : nullptr;
+}
+
 static std::vector<float> randv(int64_t n, std::mt19937& g, float scale = 1.f) {
   std::normal_distribution<float> d(0.f, scale);
   std::vector<float> v(n);
@@ -342,11 +349,11 @@ static void run_all(int64_t max_blocks, const std::vector<int64_t>& widths) {
         CHECK(std::fabs(out[r] - s) <= 1e-4 * (1 + std::fabs(s)), "bf16 bernoulli cols %ld row %ld", cols, r);
       }
     }
-    // ---- float64 KL and sampling (32-byte quads, from aligned buffers) and Bernoulli from probabilities
+    // ---- float64 KL and sampling (32-byte quads, from aligned buffers of exactly their size) and Bernoulli
+    // from probabilities
     {
-      const size_t bytes = (sizeof(double) * rows * cols + 63) / 64 * 64;  // a multiple of the alignment
-      double* md = static_cast<double*>(std::aligned_alloc(64, bytes));
-      double* ld = static_cast<double*>(std::aligned_alloc(64, bytes));
+      double* md = aligned_doubles(rows * cols);
+      double* ld = aligned_doubles(rows * cols);
       for (int64_t i = 0; i < rows * cols; ++i) { md[i] = mu[i]; ld[i] = lv[i]; }
       std::vector<double> out(rows);
       KLArgs a; a.rows = rows; a.cols = cols; a.dtype = Dtype::f64; a.mu = md; a.logvar = ld;
@@ -357,13 +364,9 @@ static void run_all(int64_t max_blocks, const std::vector<int64_t>& widths) {
         double s = 0; for (int64_t j = 0; j < cols; ++j) s += kl_std_normal(md[r * cols + j], ld[r * cols + j]);
         CHECK(std::fabs(out[r] - s) <= 1e-12 * (1 + std::fabs(s)), "f64 kl cols %ld", cols);
       }
-      {  // float64 sampling, 2 samples with the KL, and its backward: buffers of exactly their size, aligned
+      {  // float64 sampling, 2 samples with the KL, and its backward
         const int64_t n = rows * cols;
-        const auto exact = [](int64_t count) {
-          void* p = nullptr;
-          return posix_memalign(&p, 64, sizeof(double) * count) == 0 ? static_cast<double*>(p) : nullptr;
-        };
-        double *z = exact(2 * n), *gz = exact(2 * n), *dm = exact(n), *dv = exact(n);
+        double *z = aligned_doubles(2 * n), *gz = aligned_doubles(2 * n), *dm = aligned_doubles(n), *dv = aligned_doubles(n);
         std::vector<double> kl(rows, -9.0), gk(rows);
         for (int64_t i = 0; i < 2 * n; ++i) gz[i] = 0.25 * static_cast<double>(i % 7) - 0.5;
         for (int64_t r = 0; r < rows; ++r) gk[r] = 1.0 + 0.125 * static_cast<double>(r);
