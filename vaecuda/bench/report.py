@@ -12,6 +12,11 @@ from .workloads import FLOORS, OVER_FLOOR
 BASELINES = ("eager", "compile")
 
 
+def timed(r: dict) -> bool:
+    """Whether a row (or a provider's measurement) holds times: a --launches run's hold counts only."""
+    return "median_us" in r
+
+
 def rows_of(case, measured: dict, copy_gbps: float, dtype: str) -> list[dict]:
     """One flat row per provider, with GB/s against the minimum bytes and as a fraction of the copy."""
     rows = []
@@ -19,7 +24,7 @@ def rows_of(case, measured: dict, copy_gbps: float, dtype: str) -> list[dict]:
         r = {"shape": case.shape, "dims": ",".join(f"{k}={v}" for k, v in case.dims.items()), "dtype": dtype,
              "work": case.work, "mode": case.mode, "provider": provider, "min_bytes": case.min_bytes}
         r.update({k: (round(v, 3) if isinstance(v, float) else v) for k, v in m.items()})
-        if case.min_bytes and provider not in FLOORS and "median_us" in m:
+        if case.min_bytes and provider not in FLOORS and timed(m):
             r["GBps"] = round(case.min_bytes / m["median_us"] / 1e3, 3)
             r["copy_fraction"] = round(r["GBps"] / copy_gbps, 4)
             if "device_us" in m:
@@ -27,7 +32,7 @@ def rows_of(case, measured: dict, copy_gbps: float, dtype: str) -> list[dict]:
         rows.append(r)
     by = {r["provider"]: r for r in rows}
     for r in rows:  # how much faster vaecuda (and its CUDA graph) is than each baseline
-        if r["provider"] in ("vaecuda", "vaecuda-graph") and "median_us" in r:
+        if r["provider"] in ("vaecuda", "vaecuda-graph") and timed(r):
             for base in BASELINES:
                 if base in by:
                     r[f"speedup_vs_{base}"] = round(by[base]["median_us"] / r["median_us"], 3)
@@ -35,7 +40,7 @@ def rows_of(case, measured: dict, copy_gbps: float, dtype: str) -> list[dict]:
     for floor, key in OVER_FLOOR.items():
         # vaecuda's step over the trivial op timed beside it: the median of the per-round ratios where
         # the harness gives it (harness.paired_ratio), else the ratio of the medians
-        if mine is not None and floor in by and "median_us" in mine:
+        if mine is not None and floor in by and timed(mine):
             mine[key] = round(mine.get(key, mine["median_us"] / by[floor]["median_us"]), 3)
     return rows
 
@@ -54,7 +59,7 @@ def _fmt(v, width, digits=1):
 def tables(rows: list[dict]) -> str:
     """The ops and training steps, then the binding paths and each small op's cost over the trivial
     op's (both timed in the same rounds); for a run that counted launches instead, their table."""
-    if rows and not any("median_us" in r for r in rows):
+    if rows and not any(timed(r) for r in rows):
         return launch_table(rows)
     main = [r for r in rows if not is_floor(r)]
     binding = [r for r in rows if r["work"].startswith("binding path")]
@@ -136,7 +141,7 @@ def write(out_dir: str, stem: str, meta: dict, rows: list[dict]) -> list[str]:
         w.writeheader()
         w.writerows(rows)
     written = [base + ".json", base + ".csv"]
-    png = plot(base + ".png", meta, rows) if any("median_us" in r for r in rows) else None
+    png = plot(base + ".png", meta, rows) if any(timed(r) for r in rows) else None
     return written + ([png] if png else [])
 
 
