@@ -15,12 +15,19 @@ class ProviderMismatch(RuntimeError):
     """Providers disagree on the values of a case: its timings would compare different work."""
 
 
-def tolerance(dtype: torch.dtype) -> dict:
+def tolerance(dtype: torch.dtype, want: torch.Tensor) -> dict:
+    """How close a provider's tensor must be to the first provider's ``want``. For 16-bit dtypes the
+    absolute part scales with ``want``'s largest magnitude: eager rounds each intermediate to 8 (bf16)
+    or 11 (fp16) significant bits, so where terms cancel (d logvar = g_kl (e^logvar - 1) / 2 + ... near
+    logvar = 0) one element of millions can be off by more than 3% of itself and still be within 3%
+    of the tensor's scale (an H200 run: eager and torch.compile 0.072 apart on one such element, the
+    gradient's largest being several units)."""
     if dtype == torch.float64:
         return dict(rtol=1e-7, atol=1e-7)
     if dtype == torch.float32:
         return dict(rtol=1e-4, atol=1e-3)
-    return dict(rtol=3e-2, atol=3e-2)  # eager rounds each intermediate to 16 bits; vaecuda does not
+    scale = max(1.0, float(want.detach().abs().amax())) if want.numel() else 1.0
+    return dict(rtol=3e-2, atol=3e-2 * scale)
 
 
 def results_of(case: Case, provider: str):
@@ -37,7 +44,6 @@ def results_of(case: Case, provider: str):
 def check_case(case: Case, dtype: torch.dtype):
     """Raise ProviderMismatch unless every provider's values and gradients match the first provider's
     (eager PyTorch, where there is one) within the dtype's tolerance."""
-    tol = tolerance(dtype)
     reference = next(iter(case.providers))
     first_calls = {}
     results = {}
@@ -56,7 +62,7 @@ def check_case(case: Case, dtype: torch.dtype):
                                    f"{len(grads)} gradients, {reference} {len(want_outs)} and {len(want_grads)}")
         for kind, i, a, b in what:
             try:
-                torch.testing.assert_close(a.float(), b.float(), **tol)
+                torch.testing.assert_close(a.float(), b.float(), **tolerance(dtype, b.float()))
             except AssertionError as e:
                 raise ProviderMismatch(f"refusing to benchmark {case.key}: {name} and {reference} disagree on "
                                        f"{kind} {i}\n{e}") from None
