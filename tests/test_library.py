@@ -1,5 +1,10 @@
 """The compiled ops as torch operators: opcheck, torch.compile of a training step, double backward."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -249,17 +254,32 @@ def test_torch_export(device, tmp_path):
 
 
 def test_aot_inductor_package(tmp_path):
-    """The exported program compiled ahead of time by AOTInductor (a .pt2 package for serving): the
-    ops run from the compiled package (through its proxy executor; the process must have imported
-    vaecuda), at two batch sizes, with eager's values. CPU only: ~40 s of C++ compile on 2 cores."""
+    """The exported program compiled ahead of time by AOTInductor (a .pt2 package for serving), then
+    loaded and run in a fresh process, as a server would: the ops run from the package (through its
+    proxy executor; that process imports vaecuda), at two batch sizes, with eager's values. A fresh
+    process also keeps a crash of the loader (one killed an xdist worker on an H200 host, torch 2.11)
+    inside this test, with its traceback (faulthandler) in the failure. CPU only: ~40 s of C++ compile
+    on 2 cores."""
     torch.manual_seed(0)
     model = _ExportVAE()
     state = vaecuda.rng_state(7)
     batch = torch.export.Dim("batch", min=2)
     ep = torch.export.export(model, (torch.randn(6, 12), state), dynamic_shapes=({0: batch}, None))
     path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "vae_aoti.pt2"))
-    runner = torch._inductor.aoti_load_package(path)
-    for rows in (3, 10):
-        x = torch.randn(rows, 12)
-        with torch.no_grad():
-            torch.testing.assert_close(runner(x, state), model(x, state))
+    xs = [torch.randn(rows, 12) for rows in (3, 10)]
+    with torch.no_grad():
+        torch.save({"x": xs, "want": [model(x, state) for x in xs]}, tmp_path / "io.pt")
+    serve = textwrap.dedent("""
+        import sys, torch, vaecuda
+        runner = torch._inductor.aoti_load_package(sys.argv[1])
+        io = torch.load(sys.argv[2])
+        for x, want in zip(io["x"], io["want"]):
+            with torch.no_grad():
+                torch.testing.assert_close(runner(x, vaecuda.rng_state(7)), want)
+        print("served", len(io["x"]))
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(vaecuda.__file__)))  # the vaecuda this test imported
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", serve, path, str(tmp_path / "io.pt")],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0 and "served 2" in r.stdout, f"rc {r.returncode}\n{r.stdout}\n{r.stderr[-4000:]}"
