@@ -126,10 +126,19 @@ VAE_HD U32x4 philox4x32_10(U32x4 c, uint32_t k0, uint32_t k1) {
       k0 += kPhiloxW0;
       k1 += kPhiloxW1;
     }
+#if VAE_DEVICE_MATH
+    // the two halves of each product as two 32-bit operations: ptxas joins them into one wide
+    // multiply, where from a 64-bit product it moved the high half through an extra add per product
+    // (~6 instructions per element fewer in the sampling kernels, counted in the SASS for sm_90)
+    const uint32_t hi0 = __umulhi(kPhiloxM0, c.x), lo0 = kPhiloxM0 * c.x;
+    const uint32_t hi1 = __umulhi(kPhiloxM1, c.z), lo1 = kPhiloxM1 * c.z;
+#else
     const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c.x;
     const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c.z;
-    c = U32x4{static_cast<uint32_t>(p1 >> 32) ^ c.y ^ k0, static_cast<uint32_t>(p1),
-              static_cast<uint32_t>(p0 >> 32) ^ c.w ^ k1, static_cast<uint32_t>(p0)};
+    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+#endif
+    c = U32x4{hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0};
   }
   return c;
 }

@@ -72,6 +72,9 @@ inline float __fdiv_rn(float a, float b) { volatile float r = a / b; return r; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline float __uint2float_rn(unsigned u) { return static_cast<float>(u); }
+inline unsigned __umulhi(unsigned a, unsigned b) {  // the high 32 bits of the 64-bit product
+  return static_cast<unsigned>((static_cast<unsigned long long>(a) * b) >> 32);
+}
 inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, sizeof(i)); return i; }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, sizeof(f)); return f; }
 

@@ -96,6 +96,18 @@ static int box_muller_file(const char* in, const char* out) {
 static void run_all(int64_t max_blocks, const std::vector<int64_t>& widths) {
   emu_max_blocks = max_blocks;
   std::mt19937 g(0);
+  {  // the device branch's Philox (__umulhi and a low multiply) against Random123's known answers
+    // (tests/test_philox.py): the checks below compare kernels with the same header's words
+    const uint32_t kat[3][10] = {
+        {0, 0, 0, 0, 0, 0, 0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8},
+        {~0u, ~0u, ~0u, ~0u, ~0u, ~0u, 0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD},
+        {0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344, 0xA4093822, 0x299F31D0,
+         0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1}};
+    for (const auto& v : kat) {
+      const U32x4 w = philox4x32_10(U32x4{v[0], v[1], v[2], v[3]}, v[4], v[5]);
+      CHECK(w.x == v[6] && w.y == v[7] && w.z == v[8] && w.w == v[9], "Philox known answer %08x", v[6]);
+    }
+  }
   {  // the raw normals, from a device-side (seed, offset)
     const int64_t state[2] = {-5, 7};
     std::vector<float> out(1003, -9.f);
