@@ -159,17 +159,30 @@ def test_ops_related_to_the_trivial_op_timed_beside_them():
     text = report.tables(rows)
     assert "bernoulli 2.40×" in text and "bernoulli 1.50×" in text
     assert workloads.TRIVIAL_LATENTS not in text.splitlines()[0]  # floors are not provider columns
+    # a two-output op (sample+KL): also over the trivial op passed as two roots
+    case = Case("sample+kl", "small", "fwd+bwd", {"B": 4, "D": 8}, {}, {}, (), min_bytes=1000)
+    measured = {"vaecuda": {"median_us": 180.0}, workloads.TRIVIAL_LATENTS: {"median_us": 100.0},
+                workloads.TRIVIAL_TWO_ROOTS: {"median_us": 150.0}}
+    rows = report.rows_of(case, measured, copy_gbps=1.0, dtype="float32")
+    mine = next(r for r in rows if r["provider"] == "vaecuda")
+    assert mine["over_trivial_op"] == 1.8 and mine["over_two_root_op"] == 1.2
+    assert "passed as two roots" in report.tables(rows) and "sample+kl 1.20×" in report.tables(rows)
 
 
 def test_small_cases_time_the_trivial_op_beside_the_providers():
     kl = workloads.op_case("kl", "small", "fwd+bwd", torch.device("cpu"), torch.float32, False)
     bern = workloads.op_case("bernoulli", "small", "fwd+bwd", torch.device("cpu"), torch.float32, False)
     medium = workloads.op_case("kl", "medium", "fwd+bwd", torch.device("cpu"), torch.float32, False)
+    two = workloads.op_case("sample+kl", "small", "fwd+bwd", torch.device("cpu"), torch.float32, False)
     assert set(kl.steps) == {workloads.TRIVIAL_LATENTS}
     assert set(bern.steps) == {workloads.TRIVIAL_LATENTS, workloads.TRIVIAL_PIXELS}
+    assert set(two.steps) == {workloads.TRIVIAL_LATENTS, workloads.TRIVIAL_TWO_ROOTS}  # two outputs
     assert not medium.steps
-    for step in bern.steps.values():
+    for step in list(bern.steps.values()) + list(two.steps.values()):
         step()  # runs: a fwd+bwd of the trivial op
+    a_grad = two.steps[workloads.TRIVIAL_TWO_ROOTS]()  # d(2a)/da with ga from each root: 2 * 2 ga
+    a, ga = workloads._trivial_operands((128, 32), torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(a_grad[0], 4 * ga)
 
 
 def test_plan_has_both_binding_floors():

@@ -66,6 +66,7 @@ def tables(rows: list[dict]) -> str:
     out = [table(main)] if main else []
     over = [f"{r['work']} {r['over_trivial_op']:.2f}×" for r in rows if "over_trivial_op" in r]
     same = [f"{r['work']} {r['over_same_size_op']:.2f}×" for r in rows if "over_same_size_op" in r]
+    two = [f"{r['work']} {r['over_two_root_op']:.2f}×" for r in rows if "over_two_root_op" in r]
     if binding or over:
         lines = [f"{r['provider'] + (' [B, P]' if r['work'].endswith('(pixels)') else ' [B, D]'):<26}"
                  f"{r['median_us']:>10.1f} µs" for r in binding]
@@ -76,6 +77,9 @@ def tables(rows: list[dict]) -> str:
                      "rounds (median of the per-round ratios): " + ", ".join(over))
         if same:
             text += "\n  ... over the trivial op on as many elements as the logits ([B, P]): " + ", ".join(same)
+        if two:
+            text += ("\n  ... the two-output steps over the trivial op's output passed as two roots with two "
+                     "upstream gradients, as those steps pass theirs: " + ", ".join(two))
         out.append(text)
     return "\n\n".join(out)
 

@@ -220,13 +220,16 @@ def op_case(work: str, shape: str, mode: str, device, dtype, cuda_extras: bool) 
         case.steps[TRIVIAL_LATENTS] = trivial_step((B, D), device, dtype)
         if work in BERNOULLI + ("head",):
             case.steps[TRIVIAL_PIXELS] = trivial_step((B, P), device, dtype)
+        if len(grads) == 2:  # two outputs, two upstream gradients: the engine's cost of a second root
+            case.steps[TRIVIAL_TWO_ROOTS] = trivial_step((B, D), device, dtype, roots=2)
     return case
 
 
-TRIVIAL_LATENTS, TRIVIAL_PIXELS = "trivial [B, D]", "trivial [B, P]"
-FLOORS = (TRIVIAL_LATENTS, TRIVIAL_PIXELS)
+TRIVIAL_LATENTS, TRIVIAL_PIXELS, TRIVIAL_TWO_ROOTS = "trivial [B, D]", "trivial [B, P]", "trivial x2 roots"
+FLOORS = (TRIVIAL_LATENTS, TRIVIAL_PIXELS, TRIVIAL_TWO_ROOTS)
 # the keys under which vaecuda's step over each floor is reported (harness.time_case, report.rows_of)
-OVER_FLOOR = {TRIVIAL_LATENTS: "over_trivial_op", TRIVIAL_PIXELS: "over_same_size_op"}
+OVER_FLOOR = {TRIVIAL_LATENTS: "over_trivial_op", TRIVIAL_PIXELS: "over_same_size_op",
+              TRIVIAL_TWO_ROOTS: "over_two_root_op"}
 
 
 def _trivial_operands(shape, device, dtype):
@@ -235,11 +238,19 @@ def _trivial_operands(shape, device, dtype):
     return _leaf(g, shape, device, dtype), torch.randn(*shape, generator=g).to(device, dtype)
 
 
-def trivial_step(shape, device, dtype) -> Callable[[], None]:
+def trivial_step(shape, device, dtype, roots: int = 1) -> Callable[[], None]:
     """fwd+bwd of vaecuda's ``_scale`` (alpha * x: dispatcher + C++ autograd, one kernel each way) on a
-    tensor of ``shape``: the cheapest op through vaecuda's binding path."""
+    tensor of ``shape``: the cheapest op through vaecuda's binding path. ``roots=2`` passes its output
+    twice, with two upstream gradients, as a step of a two-output op (sample+KL, the loss head) passes
+    both of its outputs: the autograd engine adds a graph root for more than one output (and here one
+    add of the two gradients, a kernel more than the op's own step)."""
     a, ga = _trivial_operands(shape, device, dtype)
     scale = torch.ops.vaecuda._scale.default
+    if roots == 2:
+        def two():
+            y = scale(a, 2.0)
+            return torch.autograd.grad([y, y], [a], [ga, ga])
+        return two
     return lambda: torch.autograd.grad([scale(a, 2.0)], [a], [ga])
 
 
