@@ -251,3 +251,5 @@ def test_bench_launch_count():
     assert counts["kl"]["vaecuda"]["launches"] == 2  # one kernel each way
     assert counts["sample+kl"]["vaecuda"]["launches"] == 3  # and the seed=None key's draw
     assert counts["kl"][workloads.TRIVIAL_LATENTS]["launches"] == 2
+    # the trivial op passed as two roots: its two kernels and the engine's add of the two gradients
+    assert counts["sample+kl"][workloads.TRIVIAL_TWO_ROOTS]["launches"] == 3
