@@ -26,15 +26,16 @@ struct QuadIn {
   A m[4], l[4], g[4];  // mu, logvar; the backward's upstream gradient of sample 0
 };
 
-// Launch bounds: 4 blocks of 256 threads per SM (<= 64 registers a thread; 2 for float64), at which
-// ptxas spills nothing (sm_80, sm_90).
-template <typename T>
+// One: one sample (a template flag, as in the backward: the common loop then has no sample loop and no
+// 64-bit sample index). Launch bounds: 4 blocks of 256 threads per SM (<= 64 registers a thread; 2 for
+// float64), at which ptxas spills nothing (sm_80, sm_90).
+template <typename T, bool One>
 __global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 2 : 4)
     reparam_rows_kernel(ReparamArgs a, ReparamPlan plan) {
   using A = typename Acc<T>::type;
   uint64_t seed, offset;
   stream_key(a, seed, offset);
-  const int64_t per_row = a.cols / 4, plane = a.rows * a.cols;
+  const int64_t per_row = a.cols / 4, plane = a.rows * a.cols, samples = One ? 1 : a.samples;
   T* z = static_cast<T*>(a.z);
   A* kl = static_cast<A*>(a.kl);
   for_each_row<A>(
@@ -54,7 +55,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 2 : 4)
 #pragma unroll
               for (int i = 0; i < 4; ++i) s[i] = std_from_logvar(in.l[i]);
               const int64_t e = r * a.cols + 4 * q;  // flat index in sample 0; a multiple of 4
-              for (int64_t k = 0; k < a.samples; ++k) {
+              for (int64_t k = 0; k < samples; ++k) {
                 const F4 eps = normal_group(seed, offset, static_cast<uint64_t>((k * plane + e) >> 2));
                 A zq[4];
 #pragma unroll
@@ -229,7 +230,9 @@ void launch(const ReparamArgs& a, cudaStream_t stream) {
       using T = decltype(t);
       ReparamPlan plan = reparam_plan<T>(a);
       plan.z_ready = quad_ready_out<T>(a.z, a.cols);
-      reparam_rows_kernel<T><<<row_blocks(a.rows, plan.lanes), kThreads, 0, stream>>>(a, plan);
+      const unsigned int blocks = row_blocks(a.rows, plan.lanes);
+      if (a.samples == 1) reparam_rows_kernel<T, true><<<blocks, kThreads, 0, stream>>>(a, plan);
+      else reparam_rows_kernel<T, false><<<blocks, kThreads, 0, stream>>>(a, plan);
     });
     check_launch("reparameterize");
     return;
