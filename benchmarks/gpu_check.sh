@@ -123,7 +123,7 @@ fi
 
 if has kernels; then
   echo "== each kernel alone (device time against a copy), then the sampling kernels under ncu"
-  timeout 120 "$py" benchmarks/kernel_times.py 2>&1 | tee "$out/gpu_kernels.txt" | tail -n 30
+  timeout 150 "$py" benchmarks/kernel_times.py 2>&1 | tee "$out/gpu_kernels.txt" | tail -n 62
   stamp kernels $?
   if command -v ncu >/dev/null; then
     metrics=sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed

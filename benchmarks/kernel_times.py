@@ -1,6 +1,6 @@
 """Device time of each kernel alone, forward and backward apart, at the large shapes, against a copy
 timed in the same run: where the fwd+bwd steps of `python -m vaecuda.bench` fall short of issue 3's
-85% of copy, this says which direction does.
+85% of copy, this says which direction does. Sampling, KL and the Bernoulli term (its logits [B, D]).
 
     python3 benchmarks/kernel_times.py                # cuda, float32 and bfloat16, large and xlarge
     python3 benchmarks/kernel_times.py --device cpu --shapes 1024x128 --reps 5   # a smoke run
@@ -29,6 +29,7 @@ def cases(B, D, device, dtype):
         return (torch.randn(*shape, generator=g) * scale).to(device, dtype)
 
     mu, lv, gz = make(B, D), make(B, D, scale=0.5), make(B, D)
+    x = (torch.rand(B, D, generator=g) < 0.3).to(device, dtype)  # Bernoulli targets (mu as the logits)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     grows = torch.randn(B, generator=g).to(device, acc)
     key = vaecuda.rng_state(1234, device=device)
@@ -46,6 +47,13 @@ def cases(B, D, device, dtype):
         ("kl fwd", lambda: ops.gaussian_kl(mu, lv, None, None, False), 2 * e * n + r * B),
         ("kl bwd", lambda: ops.gaussian_kl_backward(grows, mu, lv, None, None, False, [True, True, False, False]),
          4 * e * n + r * B),
+        # the Bernoulli term on a [B, D] of logits with float targets in the same dtype (as the benchmark's
+        # `bernoulli` rows): the forward alone (no grad mode), the forward that also writes d/dlogits (what
+        # float32 logits that require grad take), and the backward op (16-bit logits, or create_graph)
+        ("bern fwd", lambda: ops.bernoulli_log_prob(mu, x, 1, False), 2 * e * n + r * B),
+        ("bern fwd+grad", lambda: ops._bernoulli_log_prob_and_grad(mu, x, 1, False), 3 * e * n + r * B),
+        ("bern bwd", lambda: ops.bernoulli_log_prob_backward(grows, mu, x, 1, False, [True, False]),
+         3 * e * n + r * B),
         ("copy", lambda: mu.clone(), 2 * e * n),
     ]
 
@@ -71,7 +79,8 @@ def timed(fn, reps, device):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--shapes", nargs="+", default=["4096x1024", "65536x1024"], help="BxD")
+    p.add_argument("--shapes", nargs="+", default=["4096x1024", "65536x1024", "4096x12288"],
+                   help="BxD (4096x12288: the Bernoulli term's large shape, a block per row)")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3, help="each row's best of this many timed loops")

@@ -205,7 +205,8 @@ def test_kernel_times_script_runs_every_kernel(capsys, monkeypatch):
                                       "bfloat16", "--reps", "1", "--rounds", "1"])
     mod.main()
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
-    names = ["sample fwd", "sample bwd", "sample+kl fwd", "sample+kl bwd", "kl fwd", "kl bwd", "copy"]
+    names = ["sample fwd", "sample bwd", "sample+kl fwd", "sample+kl bwd", "kl fwd", "kl bwd",
+             "bern fwd", "bern fwd+grad", "bern bwd", "copy"]
     assert [" ".join(r[2:-3]) for r in rows] == names * 2
     assert all(float(r[-3]) > 0 for r in rows) and [r[-1] for r in rows if r[2] == "copy"] == ["100%"] * 2
 
