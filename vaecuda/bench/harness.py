@@ -62,7 +62,8 @@ def check_case(case: Case, dtype: torch.dtype):
                                    f"{len(grads)} gradients, {reference} {len(want_outs)} and {len(want_grads)}")
         for kind, i, a, b in what:
             try:
-                torch.testing.assert_close(a.float(), b.float(), **tolerance(dtype, b.float()))
+                want = b.float()
+                torch.testing.assert_close(a.float(), want, **tolerance(dtype, want))
             except AssertionError as e:
                 raise ProviderMismatch(f"refusing to benchmark {case.key}: {name} and {reference} disagree on "
                                        f"{kind} {i}\n{e}") from None

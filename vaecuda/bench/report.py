@@ -56,6 +56,16 @@ def _fmt(v, width, digits=1):
     return f"{v:>{width}.{digits}f}" if isinstance(v, float) else f"{v:>{width}}"
 
 
+# each small step over a trivial-op floor (workloads.OVER_FLOOR's keys), as the table's text gives it
+RATIO_CAPTIONS = {
+    "over_trivial_op": "vaecuda's small fwd+bwd steps over vaecuda's trivial op on [B, D], timed in the same "
+                       "rounds (median of the per-round ratios): ",
+    "over_same_size_op": "... over the trivial op on as many elements as the logits ([B, P]): ",
+    "over_two_root_op": "... the two-output steps over the trivial op's output passed as two roots with two "
+                        "upstream gradients, as those steps pass theirs: ",
+}
+
+
 def tables(rows: list[dict]) -> str:
     """The ops and training steps, then the binding paths and each small op's cost over the trivial
     op's (both timed in the same rounds); for a run that counted launches instead, their table."""
@@ -64,22 +74,15 @@ def tables(rows: list[dict]) -> str:
     main = [r for r in rows if not is_floor(r)]
     binding = [r for r in rows if r["work"].startswith("binding path")]
     out = [table(main)] if main else []
-    over = [f"{r['work']} {r['over_trivial_op']:.2f}×" for r in rows if "over_trivial_op" in r]
-    same = [f"{r['work']} {r['over_same_size_op']:.2f}×" for r in rows if "over_same_size_op" in r]
-    two = [f"{r['work']} {r['over_two_root_op']:.2f}×" for r in rows if "over_two_root_op" in r]
-    if binding or over:
+    ratios = {key: [f"{r['work']} {r[key]:.2f}×" for r in rows if key in r] for key in RATIO_CAPTIONS}
+    if binding or ratios["over_trivial_op"]:
         lines = [f"{r['provider'] + (' [B, P]' if r['work'].endswith('(pixels)') else ' [B, D]'):<26}"
                  f"{r['median_us']:>10.1f} µs" for r in binding]
         text = "binding path, the cheapest op (alpha * x) fwd+bwd at the small shape:"
         text += "".join("\n  " + line for line in lines)
-        if over:
-            text += ("\n  vaecuda's small fwd+bwd steps over vaecuda's trivial op on [B, D], timed in the same "
-                     "rounds (median of the per-round ratios): " + ", ".join(over))
-        if same:
-            text += "\n  ... over the trivial op on as many elements as the logits ([B, P]): " + ", ".join(same)
-        if two:
-            text += ("\n  ... the two-output steps over the trivial op's output passed as two roots with two "
-                     "upstream gradients, as those steps pass theirs: " + ", ".join(two))
+        for key, caption in RATIO_CAPTIONS.items():
+            if ratios[key]:
+                text += "\n  " + caption + ", ".join(ratios[key])
         out.append(text)
     return "\n\n".join(out)
 

@@ -246,12 +246,12 @@ def trivial_step(shape, device, dtype, roots: int = 1) -> Callable[[], None]:
     add of the two gradients, a kernel more than the op's own step)."""
     a, ga = _trivial_operands(shape, device, dtype)
     scale = torch.ops.vaecuda._scale.default
-    if roots == 2:
-        def two():
-            y = scale(a, 2.0)
-            return torch.autograd.grad([y, y], [a], [ga, ga])
-        return two
-    return lambda: torch.autograd.grad([scale(a, 2.0)], [a], [ga])
+    grads = [ga] * roots
+
+    def step():
+        y = scale(a, 2.0)
+        return torch.autograd.grad([y] * roots, [a], grads)
+    return step
 
 
 def graphed_step(forward, inputs, grads_out, mode) -> Callable[[], None]:
