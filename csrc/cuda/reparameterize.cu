@@ -117,7 +117,9 @@ __device__ __forceinline__ void reparam_grads(A m, A l, A gsum, A gse, const A* 
 // (sample+KL), so mu is read too; One: one sample. Template flags, so that the common loops hold no
 // registers for what they do not do. Launch bounds, blocks of 256 threads per SM: one sample 4 (<= 64
 // registers a thread), K samples 3 (<= 80) or, with a KL gradient, 2; float64 2, or 1 for K samples:
-// the tightest at which ptxas spills nothing (sm_80, sm_90).
+// the tightest at which ptxas spills nothing inside the quad loop (sm_80, sm_90; since the loop is
+// unrolled by two, K samples and KL+one sample park 4-20 bytes of row setup in local memory, loaded
+// once a row, not a quad).
 template <typename T, bool KL, bool One>
 __global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? (One ? 2 : 1) : One ? 4 : KL ? 2 : 3)
     reparam_backward_rows(ReparamBackwardArgs b, ReparamPlan plan) {
