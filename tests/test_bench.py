@@ -251,3 +251,65 @@ def test_main_times_the_trivial_op_at_the_start_and_the_end(tmp_path, capsys):
     meta = json.loads((tmp_path / "bench_cpu_quick.json").read_text())["meta"]
     assert meta["trivial_us_start"] > 0 and meta["trivial_us_end"] > 0
     assert "timed alone at the start and at the end of the run" in capsys.readouterr().out
+
+
+def _load_script(name):
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", name + ".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# A made-up cuobjdump listing in the shape of a row kernel's quad loop: a setup loop (a division's
+# MUFU.RCP, no load), then the quad loop: a ready check before a vector load, a slow-path CALL
+# jumped over, an output's stores (skippable), the KL row-sum terms (skippable), a vector store
+# followed by a branch over its scalar stores, the back branch.
+_SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   MUFU.RCP R2, R3 ;
+        /*0020*/               @P0 BRA 0x10 ;
+        /*0030*/                   IADD3 R4, R4, 0x1, RZ ;
+        /*0040*/              @!P1 BRA 0x70 ;
+        /*0050*/                   LDG.E.128 R8, desc[UR4][R6.64] ;
+        /*0060*/                   BRA 0x80 ;
+        /*0070*/                   LDG.E R8, desc[UR4][R6.64] ;
+        /*0080*/                   MUFU.EX2 R9, R9 ;
+        /*0090*/              @!P2 BRA 0xc0 ;
+        /*00a0*/                   MOV R12, 0xc0 ;
+        /*00b0*/                   CALL.REL.NOINC 0x400 ;
+        /*00c0*/              @!P3 BRA 0xf0 ;
+        /*00d0*/                   STG.E.128 desc[UR4][R14.64], R8 ;
+        /*00e0*/                   STG.E desc[UR4][R16.64], R8 ;
+        /*00f0*/              @!P4 BRA 0x140 ;
+        /*0100*/                   FMUL R20, R20, R20 ;
+        /*0110*/                   FMUL R21, R21, R21 ;
+        /*0120*/                   FMUL R22, R22, R22 ;
+        /*0130*/                   FMUL R23, R23, R23 ;
+        /*0140*/               @P5 STG.E.128 desc[UR4][R18.64], R8 ;
+        /*0150*/               @P5 BRA 0x180 ;
+        /*0160*/                   STG.E desc[UR4][R18.64], R8 ;
+        /*0170*/                   STG.E desc[UR4][R18.64+0x4], R9 ;
+        /*0180*/              @!P6 BRA 0x30 ;
+        /*0190*/                   EXIT ;
+"""
+
+
+def test_sass_count_walks_the_common_path_of_the_quad_loop():
+    """benchmarks/sass_count.py, behind the README's instructions-per-element figures: on a listing
+    made up for it, it picks the quad loop (not the setup loop), falls through to the vector load,
+    jumps over the slow path's CALL and over the scalar stores after a vector store, and skips an
+    output's stores or the KL terms only when asked."""
+    sc = _load_script("sass_count")
+    ins = sc.parse(_SASS)
+    assert sc.inner_loop(ins) == (0x30, 0x180)
+    everything, hist = sc.count_path(ins, 0x30, 0x180)
+    # 30 40 50 60 | 80 90 | c0 d0 e0 | f0 100 110 120 130 | 140 150 | 180
+    assert everything == 17 and hist["STG"] == 3 and hist["LDG"] == 1 and "CALL" not in hist
+    assert sc.skip_branches(ins, 0x30, 0x180, "store") == [0xc0]
+    assert sc.skip_branches(ins, 0x30, 0x180, "rowsum") == [0xf0]
+    line = sc.count_kernel(ins, "k", quads=1, skip_first_output=True, no_rowsum=True)
+    assert line.startswith("k: loop 0x30-0x180, 11 instructions for 1 quads: 2.8 per element")
+    with pytest.raises(ValueError):
+        sc.count_path(ins, 0x30, 0x1a0)  # an end the path never reaches
