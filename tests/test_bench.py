@@ -193,14 +193,20 @@ def test_plan_has_both_binding_floors():
     assert cases[1].wrt["vaecuda _scale"][0].shape == (128, 784)
 
 
+def _load_script(name):
+    """A script of benchmarks/ (not a package) as a module."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", name + ".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_kernel_times_script_runs_every_kernel(capsys, monkeypatch):
     """benchmarks/kernel_times.py (gpu_check.sh's kernels stage) calls each op's forward and backward
     directly: a smoke run on the CPU keeps its calls in step with the op schemas."""
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "kernel_times.py")
-    spec = importlib.util.spec_from_file_location("kernel_times", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_script("kernel_times")
     monkeypatch.setattr(sys, "argv", ["kernel_times.py", "--device", "cpu", "--shapes", "8x12", "--dtypes", "float32",
                                       "bfloat16", "--reps", "1", "--rounds", "1"])
     mod.main()
@@ -251,15 +257,6 @@ def test_main_times_the_trivial_op_at_the_start_and_the_end(tmp_path, capsys):
     meta = json.loads((tmp_path / "bench_cpu_quick.json").read_text())["meta"]
     assert meta["trivial_us_start"] > 0 and meta["trivial_us_end"] > 0
     assert "timed alone at the start and at the end of the run" in capsys.readouterr().out
-
-
-def _load_script(name):
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", name + ".py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # A made-up cuobjdump listing in the shape of a row kernel's quad loop: a setup loop (a division's
