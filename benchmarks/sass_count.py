@@ -98,8 +98,8 @@ def count_path(ins: dict[int, str], start: int, end: int, taken=()) -> tuple[int
 
 def skip_branches(ins: dict[int, str], start: int, end: int, kind: str) -> list[int]:
     """The conditional forward branches in [start, end] over a block that a kernel runs only when an
-    output is wanted, in address order: kind "store", an output's stores (its vector store among them:
-    not the scalar half of a ready check); kind "rowsum", arithmetic alone (>= 4 FMUL, no memory
+    output is wanted, in address order: kind "store", an output's stores (its vector store among them,
+    and not nested in another such block: not a ready check inside the output's block); kind "rowsum", arithmetic alone (>= 4 FMUL, no memory
     access or exponential: the KL terms that sample+KL adds to its row sum)."""
     out = []
     for pc in sorted(a for a in ins if start <= a <= end):
@@ -109,8 +109,9 @@ def skip_branches(ins: dict[int, str], start: int, end: int, kind: str) -> list[
         body = [t for a, t in ins.items() if pc < a < int(m.group(2), 16)]
         if any("MUFU" in t or "LDG" in t for t in body):
             continue
-        if kind == "store" and any(_VSTORE.search(t) for t in body):
-            out.append(pc)
+        inside = any(b < pc < int(_BRA.match(ins[b]).group(2), 16) for b in out)
+        if kind == "store" and any(_VSTORE.search(t) for t in body) and not inside:
+            out.append(pc)  # the outermost: not the ready check inside an output's block
         if kind == "rowsum" and not any("STG" in t for t in body) and sum(t.startswith("FMUL") for t in body) >= 4:
             out.append(pc)
     return out
