@@ -1,6 +1,6 @@
 """Instructions per element of a CUDA kernel's inner loop, counted along one path of its SASS: the
-static count behind the README's instructions-per-element figures for the sampling kernels (bound
-by instruction issue on an H200, so the count tracks their time). It runs ~5% under what Nsight
+static count behind csrc/cuda/README.md's instructions-per-element figures for the sampling kernels
+(bound by instruction issue on an H200, so the count tracks their time). It runs ~5% under what Nsight
 Compute measures (row setup, loop tails): on the third GPU run's code it gives 94.2 / 98.2 for the
 sampling forward / backward where ncu counted 99 / 103.
 

@@ -295,8 +295,8 @@ _SASS = """
 
 
 def test_sass_count_walks_the_common_path_of_the_quad_loop():
-    """benchmarks/sass_count.py, behind the README's instructions-per-element figures: on a listing
-    made up for it, it picks the quad loop (not the setup loop), falls through to the vector load,
+    """benchmarks/sass_count.py, behind csrc/cuda/README.md's instructions-per-element figures: on a
+    listing made up for it, it picks the quad loop (not the setup loop), falls through to the vector load,
     jumps over the slow path's CALL and over the scalar stores after a vector store, and skips an
     output's stores or the KL terms only when asked."""
     sc = _load_script("sass_count")
