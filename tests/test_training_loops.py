@@ -55,6 +55,11 @@ def test_autocast_mixed_dtypes_promote_to_float32():
     assert logvar.grad.dtype == torch.float32
     with pytest.raises(TypeError, match="logvar has dtype torch.float32 but mu has torch.bfloat16"):
         vaecuda.reparameterize(mu, logvar)
+    # float64 beside a half type stays refused under autocast, the error naming the dtypes passed (not
+    # the float32 that autocast would have cast the half tensor to)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
+            TypeError, match="logvar has dtype torch.bfloat16 but mu has torch.float64"):
+        vaecuda.reparameterize(mu.double(), logvar.detach().bfloat16())
 
 
 def test_autocast_training_step_close_to_fp32():

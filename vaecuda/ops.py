@@ -109,12 +109,15 @@ def _latents(op: str, mu, logvar, prior_mu=None, prior_logvar=None):
 def _autocast_unify(*tensors):
     """Under autocast, latents of mixed float dtypes (a bf16 mu from an autocast Linear beside a
     float32 learned logvar or prior) are computed in float32, autocast's policy for losses; outside
-    autocast mixed dtypes are refused (see _check_float). Returns the tensors, cast or not."""
+    autocast mixed dtypes are refused (see _check_float), and so is a float64 tensor beside others under
+    autocast (left as they are, so that the error names the dtypes the caller passed). Returns the
+    tensors, cast or not."""
     ts = [t for t in tensors if isinstance(t, _Tensor)]  # nn.Parameter included
     if len(ts) < 2 or all(t.dtype is ts[0].dtype for t in ts):
         return tensors
-    if all(t.dtype in _FLOATS for t in ts) and torch.is_autocast_enabled(ts[0].device.type):
-        return tuple(t.float() if isinstance(t, _Tensor) and t.dtype != torch.float64 else t for t in tensors)
+    if (all(t.dtype in _FLOATS and t.dtype != torch.float64 for t in ts)
+            and torch.is_autocast_enabled(ts[0].device.type)):
+        return tuple(t.float() if isinstance(t, _Tensor) else t for t in tensors)
     return tensors
 
 
