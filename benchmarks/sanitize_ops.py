@@ -60,9 +60,9 @@ def main(dev="cuda", dtypes=("float32", "float64", "bfloat16", "float16")):
                 kl = vaecuda.gaussian_kl(*args)
                 close(kl, ref.gaussian_kl(*args), dtype, f"kl {dtype} {rows}x{width} {len(args)} args")
                 grads(kl, *[a for a in args if a.is_leaf] or [mu])
-            # free bits: the elementwise KL, forward and backward
-            kl = vaecuda.gaussian_kl(mu, lv, reduction="mean", free_bits=0.3)
-            grads(kl, mu, lv)
+            # free bits: the elementwise KL, forward and backward, to N(0, I) and to the prior
+            for args in ((mu, lv), (mu, lv, pm, plv)):
+                grads(vaecuda.gaussian_kl(*args, reduction="mean", free_bits=0.3), *args)
             # Bernoulli from logits (targets float, bool, uint8; broadcast over 2 samples) and probs
             logits = make(2, rows, width)
             bits = torch.rand(rows, width, generator=g, device=dev) < 0.5
@@ -82,7 +82,8 @@ def main(dev="cuda", dtypes=("float32", "float64", "bfloat16", "float16")):
                 for event_dims in (1, 2):
                     out = torch.ops.vaecuda.bernoulli_log_prob(inp.detach(), soft.detach(), event_dims, as_probs)
                     gout = torch.randn(out.shape, generator=g, device=dev).to(out.dtype)
-                    for target, mask in ((soft.detach(), [True, True]), (bits.to(torch.uint8), [True, False])):
+                    for target, mask in ((soft.detach(), [True, True]), (soft.detach(), [False, True]),
+                                         (bits.to(torch.uint8), [True, False])):
                         torch.ops.vaecuda.bernoulli_log_prob_backward(gout, inp.detach(), target, event_dims,
                                                                       as_probs, mask)
             grads(vaecuda.bernoulli_log_prob(logits, soft), logits, soft)

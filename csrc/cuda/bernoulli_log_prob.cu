@@ -1,7 +1,7 @@
 // Bernoulli log-likelihood on CUDA. Forward (with d/dlogits when asked): a row kernel, a warp per row
 // up to 1024 pixels and a whole block per row beyond (the 12288 pixels of a 64x64 RGB image), summing
-// quads of 4 pixels read with vector loads where the operands allow. Backward op: one thread per
-// quad, or per element when cols % 4 != 0.
+// quads of 4 pixels read with vector loads where the operands allow. Backward op: a row kernel too when
+// cols % 4 == 0, else one thread per element.
 #include "common.cuh"
 
 namespace vaecuda {
@@ -62,34 +62,47 @@ __global__ void __launch_bounds__(kThreads, sizeof(TL) == 8 ? 2 : 4)
       [&](int64_t r, A total) { static_cast<A*>(a.out)[r] = total; });
 }
 
+// cols % 4 == 0 (a quad never straddles rows): a row kernel like the forward, its lanes one quad's loads
+// ahead, for the same reason (a backward of a few instructions per element waits on its loads).
 template <typename TL, typename TX, bool Probs>
-__global__ void bernoulli_backward_quads(BernoulliBackwardArgs b, BernoulliPlan plan) {
+__global__ void __launch_bounds__(kThreads, sizeof(TL) == 8 ? 2 : 5)
+    bernoulli_backward_rows(BernoulliBackwardArgs b, BernoulliPlan plan) {
   using A = typename Acc<TL>::type;
   const BernoulliArgs& a = b.in;
-  for_each_quad(a.rows, a.cols, [&](int64_t r, int64_t j) {
-    const int64_t e = r * a.cols + j;
-    const A g = static_cast<const A*>(b.grad)[b.v_grad.row_offset(r)];
-    A l[4];
-    load_quad(static_cast<const TL*>(a.logits) + a.v_logits.row_offset(r), j, a.cols, a.v_logits.col_stride,
-              plan.logits_ready, l);
-    if (b.d_logits) {
-      A x[4], d[4];
-      load_quad(static_cast<const TX*>(a.target) + a.v_target.row_offset(r), j, a.cols, a.v_target.col_stride,
-                plan.target_ready, x);
+  const int64_t quads = a.cols / 4;
+  for_each_row<A>(
+      a.rows, plan.lanes, false,
+      [&](int64_t r, int lane) {
+        const TL* l = static_cast<const TL*>(a.logits) + a.v_logits.row_offset(r);
+        const TX* x = static_cast<const TX*>(a.target) + a.v_target.row_offset(r);
+        const A g = static_cast<const A*>(b.grad)[b.v_grad.row_offset(r)];
+        pipelined_quads<BernoulliQuad<A>>(
+            lane, quads, plan.lanes,
+            [&](int64_t q, BernoulliQuad<A>& in) {
+              load_quad(l, 4 * q, a.cols, a.v_logits.col_stride, plan.logits_ready, in.l);
+              if (b.d_logits) load_quad(x, 4 * q, a.cols, a.v_target.col_stride, plan.target_ready, in.x);
+            },
+            [&](int64_t q, const BernoulliQuad<A>& in) {
+              const int64_t e = r * a.cols + 4 * q;
+              if (b.d_logits) {
+                A d[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) d[i] = g * bernoulli_term_grad_input<Probs, A>(l[i], x[i]);
-      store_quad(static_cast<TL*>(b.d_logits) + e, 0, 4, plan.out_ready, d);
-    }
-    if constexpr (!std::is_same<TX, uint8_t>::value) {
-      if (b.d_target) {
-        using AX = typename Acc<TX>::type;
-        AX d[4];
+                for (int i = 0; i < 4; ++i) d[i] = g * bernoulli_term_grad_input<Probs, A>(in.l[i], in.x[i]);
+                store_quad(static_cast<TL*>(b.d_logits) + e, 0, 4, plan.out_ready, d);
+              }
+              if constexpr (!std::is_same<TX, uint8_t>::value) {
+                if (b.d_target) {
+                  using AX = typename Acc<TX>::type;
+                  AX d[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) d[i] = static_cast<AX>(g * bernoulli_term_grad_target<Probs, A>(l[i]));
-        store_quad(static_cast<TX*>(b.d_target) + e, 0, 4, plan.target_out_ready, d);
-      }
-    }
-  });
+                  for (int i = 0; i < 4; ++i) d[i] = static_cast<AX>(g * bernoulli_term_grad_target<Probs, A>(in.l[i]));
+                  store_quad(static_cast<TX*>(b.d_target) + e, 0, 4, plan.target_out_ready, d);
+                }
+              }
+            });
+        return A(0);
+      },
+      [](int64_t, A) {});
 }
 
 template <typename TL, typename TX, bool Probs>
@@ -152,11 +165,11 @@ void launch(const BernoulliBackwardArgs& b, cudaStream_t stream) {
         BernoulliPlan plan = bernoulli_plan<TL, TX>(b.in);
         plan.out_ready = !b.d_logits || quad_ready_out<TL>(b.d_logits, b.in.cols);
         plan.target_out_ready = !b.d_target || quad_ready_out<TX>(b.d_target, b.in.cols);
-        const unsigned int grid = blocks_for(n / 4, kThreads);
+        const unsigned int grid = row_blocks(b.in.rows, plan.lanes);
         if (b.in.probs)
-          bernoulli_backward_quads<TL, TX, true><<<grid, kThreads, 0, stream>>>(b, plan);
+          bernoulli_backward_rows<TL, TX, true><<<grid, kThreads, 0, stream>>>(b, plan);
         else
-          bernoulli_backward_quads<TL, TX, false><<<grid, kThreads, 0, stream>>>(b, plan);
+          bernoulli_backward_rows<TL, TX, false><<<grid, kThreads, 0, stream>>>(b, plan);
       } else {
         const unsigned int grid = blocks_for(n, kThreads);
         if (b.in.probs)

@@ -176,10 +176,13 @@ __device__ __forceinline__ void for_each_row(int64_t rows, int lanes, bool sum, 
 }
 
 // A lane's quads first, first + step, ... (< end) of one row, software-pipelined: the next quad's
-// loads are issued before the current quad's body runs, so they are in flight while it computes.
-// For the sampling kernels, whose ~85-95 instructions per element (Philox, Box-Muller, exp) take about
-// as long as their memory traffic, a warp that waited for its loads between quads would leave the
-// memory system idle. load(q, in) fills an In; body(q, in) uses it. Same quads, same order.
+// loads are issued before the current quad's body runs, so they are in flight while it computes, and a
+// lane waits on its loads with two quads' worth outstanding instead of one. For the sampling kernels,
+// whose ~85-95 instructions per element (Philox, Box-Muller, exp) take about as long as their memory
+// traffic, a warp that waited for its loads between quads would leave the memory system idle; for the
+// KL and Bernoulli kernels, of few instructions per element, one quad's loads a lane (8 bytes an
+// operand in bf16) are too few bytes in flight per SM to cover the memory's latency. load(q, in) fills
+// an In; body(q, in) uses it. Same quads, same order.
 // Unrolled by two, the buffers trading roles: a loop of one body would copy the next quad's inputs
 // into the current one's registers and zero the next buffer on every quad (~18 instructions a quad
 // in the sampling backward's SASS for sm_90, ~4 an element); here each buffer is zeroed once a row.
@@ -194,18 +197,6 @@ __device__ __forceinline__ void pipelined_quads(int64_t first, int64_t end, int6
     if (q1 >= end) break;
     if (q1 + step < end) load(q1 + step, a);
     body(q1, b);
-  }
-}
-
-// The quad loop of the KL and Bernoulli backward kernels (cols % 4 == 0, so a quad never straddles rows):
-// one thread per quad, grid-stride; body(r, j) gets the quad's row and first column.
-template <typename Body>
-__device__ __forceinline__ void for_each_quad(int64_t rows, int64_t cols, Body&& body) {
-  const int64_t per_row = cols / 4, quads = rows * per_row;
-  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < quads;
-       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = q / per_row;
-    body(r, 4 * (q - r * per_row));
   }
 }
 

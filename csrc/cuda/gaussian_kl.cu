@@ -1,6 +1,6 @@
 // Gaussian KL on CUDA. Forward: a row kernel (a sub-warp, a warp or a block per row, by the row's
-// width) summing each row in quads, vector loads where the operands allow. Backward: one thread per
-// quad of 4 elements, or per element when cols % 4 != 0.
+// width) summing each row in quads, vector loads where the operands allow. Backward: a row kernel
+// too when cols % 4 == 0, else one thread per element.
 #include "common.cuh"
 
 namespace vaecuda {
@@ -11,100 +11,132 @@ struct KLPlan {
   bool ready[4] = {};  // mu, logvar, prior_mu, prior_logvar
 };
 
-template <typename T, bool Prior>
-__device__ __forceinline__ void kl_quad(const KLArgs& a, const KLPlan& plan, int64_t r, int64_t j,
-                                        typename Acc<T>::type (&t)[4]) {
-  using A = typename Acc<T>::type;
-  A m[4], l[4];
-  load_quad(static_cast<const T*>(a.mu) + a.v_mu.row_offset(r), j, a.cols, a.v_mu.col_stride, plan.ready[0], m);
-  load_quad(static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r), j, a.cols, a.v_logvar.col_stride,
-            plan.ready[1], l);
-  if constexpr (Prior) {
-    A pm[4], pl[4];
-    load_quad(static_cast<const T*>(a.prior_mu) + a.v_prior_mu.row_offset(r), j, a.cols,
-              a.v_prior_mu.col_stride, plan.ready[2], pm);
-    load_quad(static_cast<const T*>(a.prior_logvar) + a.v_prior_logvar.row_offset(r), j, a.cols,
-              a.v_prior_logvar.col_stride, plan.ready[3], pl);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) t[i] = kl_normal(m[i], l[i], pm[i], pl[i]);
-  } else {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) t[i] = kl_std_normal(m[i], l[i]);
-  }
-}
-
-template <typename T, bool Prior>
-__global__ void kl_forward_kernel(KLArgs a, KLPlan plan) {
-  using A = typename Acc<T>::type;
-  A* out = static_cast<A*>(a.out);
-  const int64_t quads = (a.cols + 3) / 4;
-  for_each_row<A>(
-      a.rows, plan.lanes, !a.elementwise,
-      [&](int64_t r, int lane) {
-        A acc = A(0);
-        for (int64_t q = lane; q < quads; q += plan.lanes) {
-          const int64_t j = 4 * q;
-          A t[4];
-          kl_quad<T, Prior>(a, plan, r, j, t);
-          if (a.elementwise) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-              if (j + i < a.cols) out[r * a.cols + j + i] = t[i];
-          } else {
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-              if (j + i < a.cols) acc = add_rn(acc, t[i]);
-          }
-        }
-        return acc;
-      },
-      [&](int64_t r, A total) { out[r] = total; });
-}
-
 struct KLBackwardPlan {
   KLPlan in;
   bool grad_ready = false;  // elementwise gradient [rows, cols] as quads
   bool out_ready = false;   // the [rows, cols] gradients written as quads
 };
 
-// One thread per quad (cols % 4 == 0: a quad never straddles rows).
+// A row's operands, and a quad of them loaded one quad ahead (pipelined_quads): g is the backward's
+// elementwise gradient.
+template <typename T>
+struct KLRow {
+  const T *mu, *lv, *pmu, *plv;
+};
+template <typename A>
+struct KLQuad {
+  A m[4], l[4], pm[4], pl[4], g[4];
+};
+
 template <typename T, bool Prior>
-__global__ void kl_backward_quads(KLBackwardArgs b, KLBackwardPlan plan) {
+__device__ __forceinline__ KLRow<T> kl_row(const KLArgs& a, int64_t r) {
+  return KLRow<T>{static_cast<const T*>(a.mu) + a.v_mu.row_offset(r),
+                  static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r),
+                  Prior ? static_cast<const T*>(a.prior_mu) + a.v_prior_mu.row_offset(r) : nullptr,
+                  Prior ? static_cast<const T*>(a.prior_logvar) + a.v_prior_logvar.row_offset(r) : nullptr};
+}
+
+template <typename T, bool Prior, typename A>
+__device__ __forceinline__ void load_kl_quad(const KLArgs& a, const KLPlan& plan, const KLRow<T>& row, int64_t j,
+                                             KLQuad<A>& in) {
+  load_quad(row.mu, j, a.cols, a.v_mu.col_stride, plan.ready[0], in.m);
+  load_quad(row.lv, j, a.cols, a.v_logvar.col_stride, plan.ready[1], in.l);
+  if constexpr (Prior) {
+    load_quad(row.pmu, j, a.cols, a.v_prior_mu.col_stride, plan.ready[2], in.pm);
+    load_quad(row.plv, j, a.cols, a.v_prior_logvar.col_stride, plan.ready[3], in.pl);
+  }
+}
+
+// Both directions are row kernels whose lanes walk a row's quads with the next quad's loads in flight
+// (pipelined_quads; at the third GPU run, one quad at a time, the bf16 forward took as long as fp32's
+// and the backward reached 59% of a copy's speed).
+//
+// Launch bounds: blocks of 256 threads per SM, the most at which ptxas spills nothing inside the quad
+// loop for sm_90. Without a prior 5 (<= 48 registers, as the forward had before), 4 for an elementwise
+// gradient (free bits); with a prior 4 forward and 3 (2 with an elementwise gradient) backward; float64
+// 2, or 1 with a prior (4 operands of 32 bytes a quad: a few warps keep enough bytes in flight).
+template <typename T, bool Prior, bool Backward, bool Elementwise = false>
+constexpr int kl_blocks_per_sm() {
+  if (sizeof(T) == 8) return Prior ? 1 : 2;
+  if (Prior) return !Backward ? 4 : Elementwise ? 2 : 3;
+  return Backward && Elementwise ? 4 : 5;
+}
+
+template <typename T, bool Prior>
+__global__ void __launch_bounds__(kThreads, kl_blocks_per_sm<T, Prior, false>())
+    kl_forward_kernel(KLArgs a, KLPlan plan) {
+  using A = typename Acc<T>::type;
+  A* out = static_cast<A*>(a.out);
+  const int64_t quads = (a.cols + 3) / 4;
+  for_each_row<A>(
+      a.rows, plan.lanes, !a.elementwise,
+      [&](int64_t r, int lane) {
+        const KLRow<T> row = kl_row<T, Prior>(a, r);
+        A acc = A(0);
+        pipelined_quads<KLQuad<A>>(
+            lane, quads, plan.lanes, [&](int64_t q, KLQuad<A>& in) { load_kl_quad<T, Prior>(a, plan, row, 4 * q, in); },
+            [&](int64_t q, const KLQuad<A>& in) {
+              const int64_t j = 4 * q;
+              A t[4];
+#pragma unroll
+              for (int i = 0; i < 4; ++i)
+                t[i] = Prior ? kl_normal(in.m[i], in.l[i], in.pm[i], in.pl[i]) : kl_std_normal(in.m[i], in.l[i]);
+              if (a.elementwise) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                  if (j + i < a.cols) out[r * a.cols + j + i] = t[i];
+              } else {
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                  if (j + i < a.cols) acc = add_rn(acc, t[i]);
+              }
+            });
+        return acc;
+      },
+      [&](int64_t r, A total) { out[r] = total; });
+}
+
+// cols % 4 == 0 (a quad never straddles rows). Elementwise: the gradient is [rows, cols] (free bits),
+// else one value a row; a template flag, so that the common kernel holds no registers for it.
+template <typename T, bool Prior, bool Elementwise>
+__global__ void __launch_bounds__(kThreads, kl_blocks_per_sm<T, Prior, true, Elementwise>())
+    kl_backward_rows(KLBackwardArgs b, KLBackwardPlan plan) {
   using A = typename Acc<T>::type;
   const KLArgs& a = b.in;
-  for_each_quad(a.rows, a.cols, [&](int64_t r, int64_t j) {
-    A m[4], l[4], g[4];
-    load_quad(static_cast<const T*>(a.mu) + a.v_mu.row_offset(r), j, a.cols, a.v_mu.col_stride, plan.in.ready[0], m);
-    load_quad(static_cast<const T*>(a.logvar) + a.v_logvar.row_offset(r), j, a.cols, a.v_logvar.col_stride,
-              plan.in.ready[1], l);
-    const A* grow = static_cast<const A*>(b.grad) + b.v_grad.row_offset(r);
-    if (a.elementwise) {
-      load_quad(grow, j, a.cols, b.v_grad.col_stride, plan.grad_ready, g);
-    } else {
+  const int64_t quads = a.cols / 4;
+  for_each_row<A>(
+      a.rows, plan.in.lanes, false,
+      [&](int64_t r, int lane) {
+        const KLRow<T> row = kl_row<T, Prior>(a, r);
+        const A* grow = static_cast<const A*>(b.grad) + b.v_grad.row_offset(r);
+        const A g_row = Elementwise ? A(0) : grow[0];  // a row's KL, or each element's (free bits)
+        pipelined_quads<KLQuad<A>>(
+            lane, quads, plan.in.lanes,
+            [&](int64_t q, KLQuad<A>& in) {
+              load_kl_quad<T, Prior>(a, plan.in, row, 4 * q, in);
+              if (Elementwise) load_quad(grow, 4 * q, a.cols, b.v_grad.col_stride, plan.grad_ready, in.g);
+            },
+            [&](int64_t q, const KLQuad<A>& in) {
+              A gm[4], gl[4], gpm[4], gpl[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) g[i] = grow[0];
-    }
-    A gm[4], gl[4], gpm[4], gpl[4];
-    if constexpr (Prior) {
-      A pm[4], pl[4];
-      load_quad(static_cast<const T*>(a.prior_mu) + a.v_prior_mu.row_offset(r), j, a.cols,
-                a.v_prior_mu.col_stride, plan.in.ready[2], pm);
-      load_quad(static_cast<const T*>(a.prior_logvar) + a.v_prior_logvar.row_offset(r), j, a.cols,
-                a.v_prior_logvar.col_stride, plan.in.ready[3], pl);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) kl_normal_grad(m[i], l[i], pm[i], pl[i], g[i], gm[i], gl[i], gpm[i], gpl[i]);
-    } else {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) kl_std_normal_grad(m[i], l[i], g[i], gm[i], gl[i]);
-    }
-    const int64_t e = r * a.cols + j;
-    if (b.d_mu) store_quad(static_cast<T*>(b.d_mu) + e, 0, 4, plan.out_ready, gm);
-    if (b.d_logvar) store_quad(static_cast<T*>(b.d_logvar) + e, 0, 4, plan.out_ready, gl);
-    if constexpr (Prior) {
-      if (b.d_prior_mu) store_quad(static_cast<T*>(b.d_prior_mu) + e, 0, 4, plan.out_ready, gpm);
-      if (b.d_prior_logvar) store_quad(static_cast<T*>(b.d_prior_logvar) + e, 0, 4, plan.out_ready, gpl);
-    }
-  });
+              for (int i = 0; i < 4; ++i) {
+                const A g = Elementwise ? in.g[i] : g_row;
+                if constexpr (Prior)
+                  kl_normal_grad(in.m[i], in.l[i], in.pm[i], in.pl[i], g, gm[i], gl[i], gpm[i], gpl[i]);
+                else
+                  kl_std_normal_grad(in.m[i], in.l[i], g, gm[i], gl[i]);
+              }
+              const int64_t e = r * a.cols + 4 * q;
+              if (b.d_mu) store_quad(static_cast<T*>(b.d_mu) + e, 0, 4, plan.out_ready, gm);
+              if (b.d_logvar) store_quad(static_cast<T*>(b.d_logvar) + e, 0, 4, plan.out_ready, gl);
+              if constexpr (Prior) {
+                if (b.d_prior_mu) store_quad(static_cast<T*>(b.d_prior_mu) + e, 0, 4, plan.out_ready, gpm);
+                if (b.d_prior_logvar) store_quad(static_cast<T*>(b.d_prior_logvar) + e, 0, 4, plan.out_ready, gpl);
+              }
+            });
+        return A(0);
+      },
+      [](int64_t, A) {});
 }
 
 // One thread per element, for rows whose width is not a multiple of 4.
@@ -175,11 +207,12 @@ void launch(const KLBackwardArgs& b, cudaStream_t stream) {
       plan.out_ready = true;
       for (void* p : {b.d_mu, b.d_logvar, b.d_prior_mu, b.d_prior_logvar})
         if (p) plan.out_ready = plan.out_ready && quad_ready_out<T>(p, b.in.cols);
-      const unsigned int grid = blocks_for(n / 4, kThreads);
-      if (b.in.prior_mu)
-        kl_backward_quads<T, true><<<grid, kThreads, 0, stream>>>(b, plan);
-      else
-        kl_backward_quads<T, false><<<grid, kThreads, 0, stream>>>(b, plan);
+      const unsigned int grid = row_blocks(b.in.rows, plan.in.lanes);
+      const bool prior = b.in.prior_mu != nullptr, el = b.in.elementwise;
+      if (prior && el) kl_backward_rows<T, true, true><<<grid, kThreads, 0, stream>>>(b, plan);
+      else if (prior) kl_backward_rows<T, true, false><<<grid, kThreads, 0, stream>>>(b, plan);
+      else if (el) kl_backward_rows<T, false, true><<<grid, kThreads, 0, stream>>>(b, plan);
+      else kl_backward_rows<T, false, false><<<grid, kThreads, 0, stream>>>(b, plan);
     } else {
       const unsigned int grid = blocks_for(n, kThreads);
       if (b.in.prior_mu)

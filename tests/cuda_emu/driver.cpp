@@ -156,6 +156,17 @@ static void run_all(int64_t max_blocks, const std::vector<int64_t>& widths) {
         float em, el2; kl_std_normal_grad(mu[rr * cols + j], lv[rr * cols + j], gr[r], em, el2);
         CHECK(dmu[r * cols + j] == em && dlv[r * cols + j] == el2, "kl bwd cols %ld layout %d (%ld,%ld): %g %g vs %g %g", cols, layout, r, j, dmu[r*cols+j], dlv[r*cols+j], em, el2);
       }
+      // backward: an elementwise gradient [rows, cols] (free bits), d logvar alone
+      const auto ge = randv(rows * cols, g);
+      std::vector<float> dlv_e(rows * cols, -7.f);
+      b.in.elementwise = true; b.grad = ge.data(); b.v_grad = view(rows, cols, 1);
+      b.d_mu = nullptr; b.d_logvar = dlv_e.data();
+      cuda::launch(b, nullptr);
+      for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j) {
+        const int64_t rr = layout == 3 ? 0 : r;
+        float em, el2; kl_std_normal_grad(mu[rr * cols + j], lv[rr * cols + j], ge[r * cols + j], em, el2);
+        CHECK(dlv_e[r * cols + j] == el2, "kl elementwise bwd cols %ld layout %d (%ld,%ld)", cols, layout, r, j);
+      }
     }
     // ---- KL with a prior broadcast over rows ([D])
     {
@@ -183,6 +194,18 @@ static void run_all(int64_t max_blocks, const std::vector<int64_t>& widths) {
         float w[4];
         kl_normal_grad(mu[e], lv[e], pmv[j], plv[j], ge[e], w[0], w[1], w[2], w[3]);
         CHECK(d[0][e] == w[0] && d[1][e] == w[1] && d[2][e] == w[2] && d[3][e] == w[3], "kl prior bwd cols %ld", cols);
+      }
+      // backward with a gradient per row, d mu and d prior_logvar alone
+      const auto gr = randv(rows, g);
+      for (auto& v : d) v.assign(rows * cols, -7.f);
+      b.in.elementwise = false; b.grad = gr.data(); b.v_grad = view(rows, 1, 0);
+      b.d_mu = d[0].data(); b.d_logvar = nullptr; b.d_prior_mu = nullptr; b.d_prior_logvar = d[3].data();
+      cuda::launch(b, nullptr);
+      for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j) {
+        const int64_t e = r * cols + j;
+        float w[4];
+        kl_normal_grad(mu[e], lv[e], pmv[j], plv[j], gr[r], w[0], w[1], w[2], w[3]);
+        CHECK(d[0][e] == w[0] && d[3][e] == w[3] && d[1][e] == -7.f && d[2][e] == -7.f, "kl prior bwd per row cols %ld", cols);
       }
     }
     // ---- sampling, K = 1 and 3, with and without KL, layouts 0-4 (3: every row is row 0); then the backward
@@ -298,19 +321,23 @@ static void run_all(int64_t max_blocks, const std::vector<int64_t>& widths) {
           cuda::launch(a2, nullptr);
           CHECK(std::memcmp(out2.data(), out.data(), R * 4) == 0, "bernoulli without the gradient differs, layout %d cols %ld", layout, cols);
         }
-        // the backward op: d_logits and d_target
+        // the backward op: d_logits and d_target, each alone, both
         const auto gr = randv(R, g);
-        std::vector<float> dl2(R * cols, -9.f), dx(R * cols, -9.f);
-        BernoulliBackwardArgs b; b.in = a; b.in.d_logits = nullptr; b.grad = gr.data();
-        b.v_grad = view(R, 1, 0); b.d_logits = dl2.data(); b.d_target = dx.data();
-        cuda::launch(b, nullptr);
-        for (int64_t e = 0; e < R * cols; ++e) {
-          const int64_t r = e / cols, j = e % cols;
-          const float l = lg[e], xv = x[(r % rows) * cols + j];
-          const float wdl = gr[r] * vaecuda::math::bernoulli_term_grad_input<false, float>(l, xv);
-          const float wdx = gr[r] * vaecuda::math::bernoulli_term_grad_target<false, float>(l);
-          CHECK(dl2[e] == wdl, "bernoulli bwd dl cols %ld", cols);
-          CHECK(dx[e] == wdx, "bernoulli bwd dx cols %ld", cols);
+        for (int want = 1; want < 4; ++want) {
+          std::vector<float> dl2(R * cols, -9.f), dx(R * cols, -9.f);
+          BernoulliBackwardArgs b; b.in = a; b.in.d_logits = nullptr; b.grad = gr.data();
+          b.v_grad = view(R, 1, 0);
+          b.d_logits = want & 1 ? dl2.data() : nullptr;
+          b.d_target = want & 2 ? dx.data() : nullptr;
+          cuda::launch(b, nullptr);
+          for (int64_t e = 0; e < R * cols; ++e) {
+            const int64_t r = e / cols, j = e % cols;
+            const float l = lg[e], xv = x[(r % rows) * cols + j];
+            const float wdl = want & 1 ? gr[r] * vaecuda::math::bernoulli_term_grad_input<false, float>(l, xv) : -9.f;
+            const float wdx = want & 2 ? gr[r] * vaecuda::math::bernoulli_term_grad_target<false, float>(l) : -9.f;
+            CHECK(dl2[e] == wdl, "bernoulli bwd dl cols %ld outputs %d", cols, want);
+            CHECK(dx[e] == wdx, "bernoulli bwd dx cols %ld outputs %d", cols, want);
+          }
         }
       }
     }
