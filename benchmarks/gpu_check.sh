@@ -14,7 +14,7 @@
 #     bernoulli bernoulli-u8 --modes fwd fwd+bwd --train --no-binding" bash benchmarks/gpu_check.sh
 #   # (fwd beside fwd+bwd splits each op's time between its forward and backward kernels)
 #   # each kernel's device time alone at the large shapes against a copy, where Nsight Compute runs
-#   # the sampling kernels' issue and memory utilization, and the kernels each small step launches
+#   # the sampling and bf16 KL kernels' issue and memory utilization, and the kernels each small step launches
 #   # (bench --launches, a run of its own: the profiler may leave CUPTI attached, slowing later
 #   # launches) (~2 minutes; not in the default stages, which bring back the 8 files the device tool
 #   # returns):
@@ -122,18 +122,21 @@ if has bench; then
 fi
 
 if has kernels; then
-  echo "== each kernel alone (device time against a copy), then the sampling kernels under ncu"
+  echo "== each kernel alone (device time against a copy), then the sampling and bf16 KL kernels under ncu"
   timeout 150 "$py" benchmarks/kernel_times.py 2>&1 | tee "$out/gpu_kernels.txt" | tail -n 62
   stamp kernels $?
   if command -v ncu >/dev/null; then
     metrics=sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed
     metrics=$metrics,smsp__issue_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active
     metrics=$metrics,launch__registers_per_thread,smsp__inst_executed.sum
-    for k in "sample fwd" "sample bwd" "sample+kl fwd" "sample+kl bwd"; do
+    # kernel:name regex:dtype; the bf16 KL kernels: bound by bytes in flight at the third run
+    for spec in "sample fwd:reparam:float32" "sample bwd:reparam:float32" "sample+kl fwd:reparam:float32" \
+        "sample+kl bwd:reparam:float32" "kl fwd:kl_:bfloat16" "kl bwd:kl_:bfloat16"; do
+      IFS=: read -r k re dt <<< "$spec"
       # the warm-up's 3 launches skipped: the 4th, timed, launch of that kernel at B=65536, D=1024
-      echo "-- ncu: $k" | tee -a "$out/gpu_kernels.txt"
-      timeout 90 ncu --kernel-name regex:reparam --launch-skip 3 --launch-count 1 --metrics "$metrics" \
-        "$py" benchmarks/kernel_times.py --only "$k" --shapes 65536x1024 --dtypes float32 --reps 1 --rounds 1 2>&1 \
+      echo "-- ncu: $k $dt" | tee -a "$out/gpu_kernels.txt"
+      timeout 90 ncu --kernel-name "regex:$re" --launch-skip 3 --launch-count 1 --metrics "$metrics" \
+        "$py" benchmarks/kernel_times.py --only "$k" --shapes 65536x1024 --dtypes "$dt" --reps 1 --rounds 1 2>&1 \
         | grep -E "reparam|gaussian|kl_|\.pct_|registers|inst_executed|ERR|rror" | tee -a "$out/gpu_kernels.txt"
     done
   else
