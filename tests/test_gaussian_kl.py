@@ -87,22 +87,27 @@ def test_reductions(device, reduction):
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_free_bits(device, reduction):
-    mu, lv = _inputs((16, 6), torch.float64, device)
-    mu[:, :3] *= 0.01  # three nearly collapsed dims, KL well below the threshold
-    lv[:, :3] *= 0.01
-    mu[:, 3:] += 2.0  # and three well above it
+@pytest.mark.parametrize("width", [6, 8])  # 8: the backward's quad kernels (elementwise gradient)
+@pytest.mark.parametrize("prior", [False, True])
+def test_free_bits(device, reduction, width, prior):
+    mu, lv = _inputs((16, width), torch.float64, device)
+    half = width // 2
+    mu[:, :half] *= 0.01  # nearly collapsed dims, KL well below the threshold
+    lv[:, :half] *= 0.01
+    mu[:, half:] += 2.0  # and dims well above it
     mu, lv = leaf(mu), leaf(lv)
+    # a prior close to N(0, I) keeps the collapsed dims collapsed
+    pri = tuple(leaf(0.01 * p) for p in _inputs((width,), torch.float64, device, seed=1)) if prior else (None, None)
     lam = 0.5
-    out = vaecuda.gaussian_kl(mu, lv, reduction=reduction, free_bits=lam)
-    per_dim = ref.gaussian_kl(mu, lv, elementwise=True).mean(0)
+    out = vaecuda.gaussian_kl(mu, lv, *pri, reduction=reduction, free_bits=lam)
+    per_dim = ref.gaussian_kl(mu, lv, *pri, elementwise=True).mean(0)
     expected = per_dim.clamp_min(lam).sum() * (1 if reduction == "mean" else 16)
     torch.testing.assert_close(out, expected)
     out.backward()
-    assert torch.all(mu.grad[:, :3] == 0) and torch.all(lv.grad[:, :3] == 0)
-    assert torch.all(mu.grad[:, 3:] != 0)
-    assert torch.autograd.gradcheck(lambda m, l: vaecuda.gaussian_kl(m, l, reduction=reduction, free_bits=lam),
-                                    [mu.detach().requires_grad_(), lv.detach().requires_grad_()])
+    assert torch.all(mu.grad[:, :half] == 0) and torch.all(lv.grad[:, :half] == 0)
+    assert torch.all(mu.grad[:, half:] != 0)
+    leaves = [t.detach().requires_grad_() for t in (mu, lv) + (pri if prior else ())]
+    assert torch.autograd.gradcheck(lambda *ts: vaecuda.gaussian_kl(*ts, reduction=reduction, free_bits=lam), leaves)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
