@@ -19,6 +19,8 @@
 #   # launches) (~2 minutes; not in the default stages, which bring back the 8 files the device tool
 #   # returns):
 #   STAGES="build kernels" bash benchmarks/gpu_check.sh
+#   # everything in one archive where only a few files come back (the logs stay in a scratch folder):
+#   ARCHIVE=$OUT/gpu_check.tgz OUT=$(mktemp -d) bash benchmarks/gpu_check.sh
 # The build is incremental (ninja), so a second call on the same machine skips it in seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +33,14 @@ py=${PYTHON:-python3}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null || echo "8.0;9.0")}
 start=$(date +%s)
 failed=""
-stamp() { echo "   [$1: rc $2, $(( $(date +%s) - start ))s since the start]"; [ "$2" = 0 ] || failed="$failed $1"; }
+# ARCHIVE=file.tgz: every file of $out in one archive, rewritten after each stage, for a caller that can
+# bring back only a few files (a call cut short keeps the stages before it)
+pack() { [ -z "${ARCHIVE:-}" ] || { tar czf "$ARCHIVE.tmp" -C "$out" . && mv -f "$ARCHIVE.tmp" "$ARCHIVE"; }; }
+trap pack EXIT
+stamp() {
+  echo "   [$1: rc $2, $(( $(date +%s) - start ))s since the start]"; [ "$2" = 0 ] || failed="$failed $1"
+  pack
+}
 has() { [[ "$stages" == *" $1 "* ]]; }
 
 echo "== device"
