@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(TL) == 8 ? 2 : 4)
 // cols % 4 == 0 (a quad never straddles rows): a row kernel like the forward, its lanes one quad's loads
 // ahead, for the same reason (a backward of a few instructions per element waits on its loads).
 // Launch bounds: 5 blocks of 256 threads per SM (<= 48 registers, the occupancy of the one-thread-per-
-// quad kernel before it; 2 for float64 logits). ptxas keeps 4-8 bytes of the kernel's setup in local
+// quad kernel before it; 2 for float64 logits). ptxas keeps 4-12 bytes of the kernel's setup in local
 // memory, stored once and reloaded once a row, outside the quad loop (sm_80, sm_90).
 template <typename TL, typename TX, bool Probs>
 __global__ void __launch_bounds__(kThreads, sizeof(TL) == 8 ? 2 : 5)

@@ -69,6 +69,7 @@ inline double __dadd_rn(double a, double b) { volatile double r = a + b; return 
 inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
 inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
 inline float __fdiv_rn(float a, float b) { volatile float r = a / b; return r; }
+inline float __fdividef(float a, float b) { volatile float r = a / b; return r; }  // CUDA's: within 2 ulp
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline float __uint2float_rn(unsigned u) { return static_cast<float>(u); }
