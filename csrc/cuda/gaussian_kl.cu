@@ -86,9 +86,7 @@ __global__ void __launch_bounds__(kThreads, kl_blocks_per_sm<T, Prior, false>())
                 for (int i = 0; i < 4; ++i)
                   if (j + i < a.cols) out[r * a.cols + j + i] = t[i];
               } else {
-#pragma unroll
-                for (int i = 0; i < 4; ++i)
-                  if (j + i < a.cols) acc = add_rn(acc, t[i]);
+                acc = add_quad(acc, t, j, a.cols);
               }
             });
         return acc;
