@@ -435,9 +435,9 @@ VAE_HD T bernoulli_log_prob(T l, T x) {
 // d/dl = x - sigmoid(l), sigmoid computed from e = e^-|l| on the side where it cannot overflow: one
 // division where both sides are computed. On the device float takes CUDA's __fdividef, a reciprocal on
 // the special function unit and a multiply, within 2 ulp for this denominator in [1, 2], where the
-// correctly rounded division costs ~5 instructions more per element (in nvcc 13.0's SASS for sm_90 the
-// Bernoulli backward op went from 45.9 to 36.5 per element in bf16, the fp32 forward that also writes
-// the gradient from 67.5 to 53.8): the 16-bit Bernoulli kernels are bound by instruction issue. Both
+// correctly rounded division costs 9-14 instructions more per element (in nvcc 13.0's SASS for sm_90
+// the Bernoulli backward op went from 45.9 to 36.5 per element in bf16, the fp32 forward that also
+// writes the gradient from 67.5 to 53.8): the 16-bit Bernoulli kernels are bound by instruction issue. Both
 // the forward's saved gradient and the backward op take this one, so they still agree bit for bit.
 template <typename T>
 VAE_HD T sigmoid_from_exp_abs(T l, T e) {
